@@ -1,0 +1,42 @@
+# The README's two commands: `make demo` and `make test`. Both create .venv first when needed.
+#
+# Install order matters (see DESIGN.md): the CPU torch wheel goes in first; then every other
+# package at the exact version in requirements/lock-cpu.txt, with --no-deps so nothing can pull
+# a CUDA torch or the CUDA-only torchvision that mosaicml-streaming asks for (we never import it;
+# pretrain/data/streaming_import.py explains the workaround).
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+TORCH := torch==2.13.0
+LOCK := requirements/lock-cpu.txt
+STAMP := $(VENV)/.siyada-installed
+
+export DS_BUILD_OPS := 0
+# DeepSpeed compiles a small CPU communication op on first use (~40 s); keep it between runs.
+export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
+
+.PHONY: demo test lint lock clean
+
+demo: $(STAMP)
+	$(BIN)/pretrain train
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+$(STAMP): pyproject.toml $(LOCK)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet $(TORCH)
+	$(BIN)/pip install --quiet --no-deps -r $(LOCK)
+	$(BIN)/pip install --quiet --no-deps -e .
+	touch $@
+
+# Re-record the resolved versions after changing dependencies in the venv by hand.
+lock:
+	$(BIN)/pip freeze --exclude-editable | grep -v -E '^(torch|torchvision|siyada)==' > $(LOCK)
+
+clean:
+	rm -rf $(VENV) .cache runs

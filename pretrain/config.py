@@ -1,0 +1,310 @@
+"""Typed configuration: dataclasses merged with YAML files and command-line overrides.
+
+A config file is YAML whose sections mirror `Config` below. It may start with
+`include: [other.yaml, ...]` (paths relative to the including file); included files are
+merged first, in order, and the including file wins. Overrides are OmegaConf dotlists
+(`model.n_layers=4`) applied last. Every problem is raised as one `ConfigError` that names
+the key, the file it came from and what to do.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+
+ATTENTION_IMPLS = ("eager", "sdpa", "triton", "flash_attn")
+NORM_IMPLS = ("torch", "triton")
+ENGINES = ("zero3", "pipeline")
+SCHEDULES = ("cosine", "wsd", "constant")
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+
+
+class ConfigError(ValueError):
+    """A bad configuration value; the message names the key and what to do."""
+
+
+@dataclass
+class ModelConfig:
+    """Llama-style decoder shape. Field meanings follow Hugging Face `LlamaConfig`."""
+
+    vocab_size: int = 4096
+    d_model: int = 256
+    n_layers: int = 4
+    n_heads: int = 4
+    n_kv_heads: int | None = None  # None: same as n_heads (no grouping)
+    ffn_hidden: int | None = None  # None: Llama rule, 8/3 * d_model rounded up to multiple_of
+    multiple_of: int = 256
+    max_seq_len: int = 2048
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+    tie_embeddings: bool = False
+    init_std: float = 0.02
+    attention_impl: str = "sdpa"
+    norm_impl: str = "torch"
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_heads or self.n_heads
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    @property
+    def ffn_dim(self) -> int:
+        if self.ffn_hidden:
+            return self.ffn_hidden
+        hidden = int(2 * 4 * self.d_model / 3)
+        return self.multiple_of * -(-hidden // self.multiple_of)
+
+
+@dataclass
+class DataConfig:
+    """Where the tokens come from. See pretrain/data/ for the pipeline."""
+
+    corpus: str = "sample"  # raw documents (jsonl/txt files or folders); "sample" = bundled corpus
+    dataset: str = ""  # prepared MDS dataset folder; empty = <run dir>/data, prepared on first run
+    seq_len: int = 256
+    validation_fraction: float = 0.05  # documents held out per language for evaluation
+    num_workers: int = 0
+    shuffle: bool = True
+
+
+@dataclass
+class ParallelConfig:
+    engine: str = "zero3"
+    pipeline_stages: int = 1
+    zero_stage: int = 3
+    activation_checkpointing: bool = False
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 3e-4
+    min_lr_ratio: float = 0.1  # final learning rate as a fraction of lr
+    weight_decay: float = 0.1
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    eps: float = 1e-8
+    grad_clip: float = 1.0
+    schedule: str = "cosine"
+    warmup_steps: int = 100
+    decay_fraction: float = 0.2  # WSD: share of max_steps spent in the final decay
+    z_loss: float = 0.0  # weight of the log(Z)^2 auxiliary loss; 0 disables it
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = 1000  # length of the run; the learning-rate schedule is laid out over it
+    stop_at_step: int | None = None  # stop (and save) early, e.g. to split a run across jobs
+    micro_batch_size: int = 8  # sequences per rank per forward pass
+    grad_accum_steps: int = 1
+    seed: int = 1234
+    precision: str = "auto"  # auto: bf16 where the device supports it, fp32 on CPU
+
+
+@dataclass
+class CheckpointConfig:
+    interval: int = 500  # steps between saves; the last step is always saved
+    resume: bool = True  # resume from the run directory's latest checkpoint
+
+
+@dataclass
+class LoggingConfig:
+    log_interval: int = 10
+    tensorboard: bool = True
+    progress_bar: bool = True
+
+
+@dataclass
+class RunConfig:
+    name: str = "demo"
+    dir: str = ""  # empty: runs/<name> under the current working directory
+
+
+@dataclass
+class Config:
+    run: RunConfig = field(default_factory=RunConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.run.dir) if self.run.dir else Path("runs") / self.run.name
+
+    @property
+    def dataset_dir(self) -> Path:
+        return Path(self.data.dataset) if self.data.dataset else self.run_dir / "data"
+
+
+def configs_dir() -> Path:
+    """The bundled YAML configs (also reachable as the top-level `configs/` folder)."""
+    return Path(str(resources.files("pretrain") / "configs"))
+
+
+def demo_config_path() -> Path:
+    return configs_dir() / "demo.yaml"
+
+
+def _all_keys(node: Any, prefix: str = "") -> list[str]:
+    keys = []
+    for name, value in node.items():
+        full = f"{prefix}{name}"
+        keys.append(full)
+        if isinstance(value, DictConfig):
+            keys.extend(_all_keys(value, full + "."))
+    return keys
+
+
+def _explain(error: OmegaConfBaseException, schema: DictConfig, source: str) -> ConfigError:
+    key = getattr(error, "full_key", None) or "?"
+    if isinstance(error, ConfigKeyError):
+        close = difflib.get_close_matches(key, _all_keys(schema), n=1, cutoff=0.6)
+        hint = (f"; did you mean '{close[0]}'?" if close
+                else "; see pretrain/config.py for the valid keys")
+        return ConfigError(f"{source}: unknown config key '{key}'{hint}")
+    message = error.msg.splitlines()[0] if getattr(error, "msg", None) else str(error)
+    return ConfigError(f"{source}: bad value for '{key}': {message}")
+
+
+def _load_yaml(path: Path, seen: tuple[Path, ...] = ()) -> DictConfig:
+    """Load a YAML config file and the files it includes, merged in order."""
+    path = path.resolve()
+    if path in seen:
+        raise ConfigError(f"{path}: include cycle through {' -> '.join(map(str, seen))}")
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        loaded = OmegaConf.load(path)
+    except Exception as error:  # yaml.YAMLError and friends: report the file, not a traceback
+        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+    if not isinstance(loaded, DictConfig):
+        raise ConfigError(f"{path}: expected a mapping of config sections at the top level")
+    includes = loaded.pop("include", [])
+    if isinstance(includes, str):
+        includes = [includes]
+    merged = OmegaConf.create({})
+    for include in includes:
+        merged = OmegaConf.merge(merged, _load_yaml(path.parent / include, seen + (path,)))
+    return OmegaConf.merge(merged, loaded)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Build a validated `Config` from an optional YAML file and dotlist overrides.
+
+    With no path, the bundled demo config is used.
+    """
+    path = Path(path) if path else demo_config_path()
+    schema = OmegaConf.structured(Config)
+    merged = schema
+    for source, layer in ((str(path), lambda: _load_yaml(path)),
+                          ("command line", lambda: _parse_overrides(overrides or []))):
+        try:
+            merged = OmegaConf.merge(merged, layer())
+        except OmegaConfBaseException as error:
+            raise _explain(error, schema, source) from None
+    try:
+        config = OmegaConf.to_object(merged)
+    except (ValidationError, OmegaConfBaseException) as error:
+        raise _explain(error, schema, str(path)) from None
+    validate(config)
+    return config
+
+
+def _parse_overrides(overrides: list[str]) -> DictConfig:
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"command line: override '{item}' must look like key=value "
+                              "(e.g. train.max_steps=100)")
+    return OmegaConf.from_dotlist(overrides)
+
+
+def _require(condition: bool, key: str, message: str) -> None:
+    if not condition:
+        raise ConfigError(f"bad value for '{key}': {message}")
+
+
+def _require_choice(value: str, key: str, choices: tuple[str, ...]) -> None:
+    _require(value in choices, key, f"'{value}' is not one of {', '.join(choices)}")
+
+
+def validate(config: Config) -> None:
+    """Cross-field checks that types alone cannot express."""
+    model, data, parallel, optim, train = (config.model, config.data, config.parallel,
+                                           config.optim, config.train)
+    for key, value in (("model.vocab_size", model.vocab_size), ("model.d_model", model.d_model),
+                       ("model.n_layers", model.n_layers), ("model.n_heads", model.n_heads),
+                       ("data.seq_len", data.seq_len), ("train.max_steps", train.max_steps),
+                       ("train.micro_batch_size", train.micro_batch_size),
+                       ("train.grad_accum_steps", train.grad_accum_steps),
+                       ("checkpoint.interval", config.checkpoint.interval),
+                       ("logging.log_interval", config.logging.log_interval),
+                       ("parallel.pipeline_stages", parallel.pipeline_stages)):
+        _require(value > 0, key, f"must be positive, got {value}")
+    _require(model.d_model % model.n_heads == 0, "model.n_heads",
+             f"{model.n_heads} heads do not divide model.d_model={model.d_model}")
+    _require(model.head_dim % 2 == 0, "model.n_heads",
+             f"head dimension {model.head_dim} must be even for rotary embeddings")
+    _require(model.n_kv_heads is None or 0 < model.n_kv_heads <= model.n_heads, "model.n_kv_heads",
+             f"must be between 1 and model.n_heads={model.n_heads}, got {model.n_kv_heads}")
+    _require(model.n_heads % model.kv_heads == 0, "model.n_kv_heads",
+             f"{model.kv_heads} key/value heads do not divide model.n_heads={model.n_heads}")
+    _require(model.ffn_hidden is None or model.ffn_hidden > 0, "model.ffn_hidden",
+             f"must be positive or null, got {model.ffn_hidden}")
+    _require(data.seq_len <= model.max_seq_len, "data.seq_len",
+             f"{data.seq_len} exceeds model.max_seq_len={model.max_seq_len}")
+    _require(0 <= data.validation_fraction < 1, "data.validation_fraction",
+             f"must be in [0, 1), got {data.validation_fraction}")
+    _require_choice(model.attention_impl, "model.attention_impl", ATTENTION_IMPLS)
+    _require_choice(model.norm_impl, "model.norm_impl", NORM_IMPLS)
+    _require_choice(parallel.engine, "parallel.engine", ENGINES)
+    _require_choice(optim.schedule, "optim.schedule", SCHEDULES)
+    _require_choice(train.precision, "train.precision", PRECISIONS)
+    _require(parallel.zero_stage in (0, 1, 2, 3), "parallel.zero_stage",
+             f"must be 0, 1, 2 or 3, got {parallel.zero_stage}")
+    if parallel.engine == "zero3":
+        _require(parallel.pipeline_stages == 1, "parallel.pipeline_stages",
+                 "the zero3 engine is pure data parallel; set parallel.engine=pipeline to use "
+                 "pipeline stages (DeepSpeed refuses ZeRO-2/3 with pipeline parallelism)")
+    else:
+        _require(parallel.zero_stage <= 1, "parallel.zero_stage",
+                 "DeepSpeed refuses ZeRO-2/3 with pipeline parallelism; use 0 or 1")
+    _require(len(optim.betas) == 2 and all(0 <= b < 1 for b in optim.betas), "optim.betas",
+             f"must be two numbers in [0, 1), got {list(optim.betas)}")
+    _require(train.stop_at_step is None or 0 < train.stop_at_step <= train.max_steps,
+             "train.stop_at_step",
+             f"must be between 1 and train.max_steps={train.max_steps}, got {train.stop_at_step}")
+    _require(optim.lr > 0, "optim.lr", f"must be positive, got {optim.lr}")
+    _require(0 <= optim.min_lr_ratio <= 1, "optim.min_lr_ratio",
+             f"must be in [0, 1], got {optim.min_lr_ratio}")
+    _require(optim.warmup_steps >= 0, "optim.warmup_steps",
+             f"must not be negative, got {optim.warmup_steps}")
+    _require(0 < optim.decay_fraction <= 1, "optim.decay_fraction",
+             f"must be in (0, 1], got {optim.decay_fraction}")
+
+
+def to_dict(config: Config) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def to_yaml(config: Config) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(config))
+
+
+def config_hash(config: Config) -> str:
+    """A short stable hash of the resolved config, recorded with checkpoints."""
+    canonical = json.dumps(to_dict(config), sort_keys=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
