@@ -1,0 +1,83 @@
+"""Plain-PyTorch reference implementations.
+
+These are the model's `eager` path and the ground truth the Triton kernels are tested against,
+so they favour clarity and precision (fp32 math) over speed and memory.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
+    """RMSNorm over the last dimension, as Hugging Face `LlamaRMSNorm` computes it.
+
+    The statistics are taken in fp32; the normalised input is cast back to x.dtype before the
+    weight is applied, so the rounding matches HF when weight and x share a dtype.
+    """
+    x32 = x.float()
+    normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+    return weight.to(x.dtype) * normed.to(x.dtype)
+
+
+def add_rms_norm(x: Tensor, residual: Tensor | None, weight: Tensor,
+                 eps: float) -> tuple[Tensor, Tensor]:
+    """Residual add followed by RMSNorm: returns (rms_norm(x + residual), x + residual).
+
+    residual=None (the first layer) means there is nothing to add yet.
+    """
+    new_residual = x if residual is None else x + residual
+    return rms_norm(new_residual, weight, eps), new_residual
+
+
+def document_mask(doc_ids: Tensor, causal: bool = True) -> Tensor:
+    """Boolean attention mask [B, 1, T, T] from document ids [B, T]; True = may attend.
+
+    A query attends only to keys of its own document (and, if causal, not to later keys).
+    """
+    mask = doc_ids[:, None, :, None] == doc_ids[:, None, None, :]
+    if causal:
+        length = doc_ids.shape[1]
+        mask = mask & torch.ones(length, length, dtype=torch.bool, device=doc_ids.device).tril()
+    return mask
+
+
+def attention(q: Tensor, k: Tensor, v: Tensor, doc_ids: Tensor | None = None,
+              causal: bool = True, scale: float | None = None) -> Tensor:
+    """Softmax attention with grouped-query heads and document masking.
+
+    q: [B, Hq, T, D]; k, v: [B, Hkv, T, D] with Hq a multiple of Hkv (each group of Hq / Hkv
+    consecutive query heads shares one key/value head). doc_ids: [B, T] or None (one document).
+    Scores, softmax and the weighted sum run in fp32; the output [B, Hq, T, D] is in q.dtype.
+    """
+    groups = q.shape[1] // k.shape[1]
+    k = k.repeat_interleave(groups, dim=1)
+    v = v.repeat_interleave(groups, dim=1)
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    scores = (q.float() @ k.float().transpose(-2, -1)) * scale
+    if doc_ids is not None:
+        mask = document_mask(doc_ids, causal)
+    elif causal:
+        length = q.shape[2]
+        mask = torch.ones(length, length, dtype=torch.bool, device=q.device).tril()
+    else:
+        mask = None
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    probs = torch.softmax(scores, dim=-1)
+    return (probs @ v.float()).to(q.dtype)
+
+
+def positions_from_doc_ids(doc_ids: Tensor) -> Tensor:
+    """Position of every token within its document: [B, T] int64, restarting at 0.
+
+    A document starts at t=0 and wherever doc_ids differs from the previous token.
+    """
+    batch, length = doc_ids.shape
+    index = torch.arange(length, device=doc_ids.device).expand(batch, length)
+    starts = torch.ones_like(doc_ids, dtype=torch.bool)
+    starts[:, 1:] = doc_ids[:, 1:] != doc_ids[:, :-1]
+    # The running maximum of the start indices is the start of the current document.
+    document_start = torch.where(starts, index, 0).cummax(dim=1).values
+    return index - document_start

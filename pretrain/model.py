@@ -1,0 +1,232 @@
+"""The Llama-style decoder: pre-norm RMSNorm, RoPE, grouped-query attention, SwiGLU MLP.
+
+Parameter names are exactly those of Hugging Face `LlamaForCausalLM`, so exporting a checkpoint
+is a copy of the state dict. Packed sequences carry `doc_ids`: attention stays inside each
+document and rotary positions restart at every document start. The model is plain PyTorch; the
+parallel engines (pretrain/parallel/) wrap it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from kernels import reference
+from pretrain.config import ModelConfig
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float, impl: str) -> None:
+        super().__init__()
+        if impl != "torch":
+            raise NotImplementedError(
+                f"model.norm_impl={impl!r} is not available yet (the Triton norm kernel comes in "
+                "a later issue); set model.norm_impl=torch")
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return reference.rms_norm(x, self.weight, self.eps)
+
+
+def rotary_cos_sin(positions: Tensor, head_dim: int, theta: float,
+                   dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """cos and sin tables [B, T, head_dim] for the given positions [B, T], as HF Llama builds them.
+
+    The angles are computed in fp32 (bf16 cannot even hold positions above 256 exactly), then
+    cos and sin are cast to the activation dtype, as HF does.
+    """
+    exponents = torch.arange(0, head_dim, 2, device=positions.device).float() / head_dim
+    inv_freq = 1.0 / (theta ** exponents)
+    angles = positions.float()[..., None] * inv_freq  # [B, T, head_dim / 2]
+    angles = torch.cat((angles, angles), dim=-1)  # HF's layout: both halves share frequencies
+    return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate x [B, H, T, D] by the position angles (HF's rotate_half convention)."""
+    cos, sin = cos[:, None], sin[:, None]  # broadcast over heads
+    first, second = x.chunk(2, dim=-1)
+    rotated_half = torch.cat((-second, first), dim=-1)
+    return x * cos + rotated_half * sin
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        if cfg.attention_impl not in ("eager", "sdpa"):
+            raise NotImplementedError(
+                f"model.attention_impl={cfg.attention_impl!r} is not available yet (the Triton "
+                "and flash-attn kernels come in a later issue); set model.attention_impl=sdpa "
+                "or eager")
+        self.impl = cfg.attention_impl
+        self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.kv_heads, cfg.head_dim
+        self.q_proj = nn.Linear(cfg.d_model, self.n_heads * self.head_dim, bias=False)
+        self.k_proj = nn.Linear(cfg.d_model, self.n_kv_heads * self.head_dim, bias=False)
+        self.v_proj = nn.Linear(cfg.d_model, self.n_kv_heads * self.head_dim, bias=False)
+        self.o_proj = nn.Linear(self.n_heads * self.head_dim, cfg.d_model, bias=False)
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, doc_ids: Tensor | None) -> Tensor:
+        batch, length, _ = x.shape
+        # [B, T, H * D] -> [B, H, T, D]
+        q = self.q_proj(x).view(batch, length, self.n_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(batch, length, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(batch, length, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+
+        if self.impl == "eager":
+            out = reference.attention(q, k, v, doc_ids)
+        elif doc_ids is None:
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+        else:
+            # The masked (memory-efficient) SDPA kernel rejects grouped heads in some torch
+            # versions and would fall back to the slow math kernel: expand k/v instead.
+            groups = self.n_heads // self.n_kv_heads
+            k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+            out = F.scaled_dot_product_attention(q, k, v,
+                                                 attn_mask=reference.document_mask(doc_ids))
+        return self.o_proj(out.transpose(1, 2).reshape(batch, length, -1))
+
+
+class MLP(nn.Module):
+    """SwiGLU feed-forward: down(silu(gate(x)) * up(x))."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(cfg.d_model, cfg.ffn_dim, bias=False)
+        self.up_proj = nn.Linear(cfg.d_model, cfg.ffn_dim, bias=False)
+        self.down_proj = nn.Linear(cfg.ffn_dim, cfg.d_model, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Block(nn.Module):
+    """One pre-norm decoder layer (HF `LlamaDecoderLayer`)."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.d_model, cfg.norm_eps, cfg.norm_impl)
+        self.self_attn = Attention(cfg)
+        self.post_attention_layernorm = RMSNorm(cfg.d_model, cfg.norm_eps, cfg.norm_impl)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, doc_ids: Tensor | None) -> Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, doc_ids)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Transformer(nn.Module):
+    """Decoder-only language model; `model.*` and `lm_head` mirror HF `LlamaForCausalLM`."""
+
+    def __init__(self, cfg: ModelConfig, activation_checkpointing: bool = False) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.activation_checkpointing = activation_checkpointing
+        self.model = nn.ModuleDict(dict(
+            embed_tokens=nn.Embedding(cfg.vocab_size, cfg.d_model),
+            layers=nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers)),
+            norm=RMSNorm(cfg.d_model, cfg.norm_eps, cfg.norm_impl),
+        ))
+        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            # One tensor under two names: parameters() yields it once, as model.embed_tokens.
+            self.lm_head.weight = self.model.embed_tokens.weight
+        self.init_weights()
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """Normal(0, init_std) weights; residual-branch outputs scaled by 1/sqrt(2 * n_layers).
+
+        Each layer adds two branches (attention, MLP) to the residual stream; shrinking their
+        output projections keeps its variance independent of depth (GPT-2, OLMo).
+        """
+        std = self.cfg.init_std
+        branch_out_std = std / math.sqrt(2 * self.cfg.n_layers)
+        for name, param in self.named_parameters():
+            if name.endswith("norm.weight"):
+                nn.init.ones_(param)
+            elif name.endswith(("o_proj.weight", "down_proj.weight")):
+                nn.init.normal_(param, mean=0.0, std=branch_out_std)
+            else:
+                nn.init.normal_(param, mean=0.0, std=std)
+
+    def num_parameters(self) -> int:
+        """Parameters actually held (a tied embedding counted once)."""
+        return sum(param.numel() for param in self.parameters())
+
+    def forward(self, input_ids: Tensor, doc_ids: Tensor | None = None) -> Tensor:
+        """Logits [B, T, vocab] in fp32 for token ids [B, T].
+
+        doc_ids [B, T] marks the documents packed into each row (None: one document per row).
+        """
+        batch, length = input_ids.shape
+        if doc_ids is None:
+            positions = torch.arange(length, device=input_ids.device).expand(batch, length)
+        else:
+            positions = reference.positions_from_doc_ids(doc_ids)
+        x = self.model.embed_tokens(input_ids)
+        cos, sin = rotary_cos_sin(positions, self.cfg.head_dim, self.cfg.rope_theta, x.dtype)
+        for layer in self.model.layers:
+            if self.activation_checkpointing and self.training:
+                # Keep only each block's input; recompute its activations during backward.
+                x = checkpoint(layer, x, cos, sin, doc_ids, use_reentrant=False)
+            else:
+                x = layer(x, cos, sin, doc_ids)
+        return self.lm_head(self.model.norm(x)).float()
+
+
+def causal_lm_loss(logits: Tensor, labels: Tensor, z_loss: float = 0.0) -> tuple[Tensor, Tensor]:
+    """Returns (loss to optimise, plain cross-entropy), both averaged over non-ignored targets.
+
+    labels [B, T] are already shifted (labels[t] is the token predicted at position t); -100 is
+    ignored. z_loss adds z_loss * mean(logsumexp(logits)^2), which keeps the softmax normaliser
+    near 1 and the logits from drifting (PaLM).
+    """
+    logits, labels = logits.float().flatten(0, -2), labels.flatten()
+    cross_entropy = F.cross_entropy(logits, labels, ignore_index=-100)
+    if not z_loss:
+        return cross_entropy, cross_entropy
+    keep = labels != -100
+    # A masked mean rather than boolean indexing: no device-to-host sync.
+    log_z = torch.logsumexp(logits, dim=-1)
+    z_term = (log_z.square() * keep).sum() / keep.sum()
+    return cross_entropy + z_loss * z_term, cross_entropy
+
+
+def count_parameters(cfg: ModelConfig, include_embeddings: bool = True) -> int:
+    """Parameter count of `Transformer(cfg)`, computed from the shape alone (works for 70B).
+
+    include_embeddings=False gives the "non-embedding" count of Kaplan et al. (2020): the input
+    embedding and the output head are both left out (tied or not), so the count depends on
+    neither the vocabulary nor tying. With True, a tied embedding/head matrix is counted once.
+    """
+    attention = cfg.d_model * cfg.head_dim * (2 * cfg.n_heads + 2 * cfg.kv_heads)  # q, o; k, v
+    mlp = 3 * cfg.d_model * cfg.ffn_dim
+    norms = 2 * cfg.d_model
+    non_embedding = cfg.n_layers * (attention + mlp + norms) + cfg.d_model  # + final norm
+    if not include_embeddings:
+        return non_embedding
+    embedding = cfg.vocab_size * cfg.d_model
+    return non_embedding + embedding * (1 if cfg.tie_embeddings else 2)
+
+
+def flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
+    """Training FLOPs per token (forward + backward), PaLM's formula (Chowdhery et al. 2022, B).
+
+        6 * N + 12 * n_layers * n_heads * head_dim * seq_len
+
+    N = non-embedding parameters + the output head (its matmul runs for every token, tied or
+    not); the embedding lookup is free. The second term is the attention score and value
+    matmuls over the full seq_len x seq_len square, NOT halved for causal masking, as PaLM,
+    nanoGPT and torchtitan count it, so MFU numbers compare with theirs. A kernel that skips
+    masked blocks does about half that attention work; document masking is not discounted
+    either. N also holds the norm weights (elementwise, not matmuls): a negligible share.
+    """
+    matmul_params = count_parameters(cfg, include_embeddings=False) + cfg.vocab_size * cfg.d_model
+    attention = 12 * cfg.n_layers * cfg.n_heads * cfg.head_dim * seq_len
+    return float(6 * matmul_params + attention)
