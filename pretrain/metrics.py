@@ -1,0 +1,88 @@
+"""Training metrics: `metrics.jsonl` (one JSON object per logged step), TensorBoard, a plot."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pretrain.fileio import atomic_write_text
+
+METRICS = "metrics.jsonl"
+
+# Dense bf16/fp16 tensor-core peaks in FLOP/s, from the vendors' data sheets. MFU is only
+# reported where the device is listed here (never on CPU).
+_PEAK_FLOPS = {
+    "H100": 989e12,
+    "H200": 989e12,
+    "A100": 312e12,
+    "L40S": 362e12,
+}
+
+
+def device_peak_flops(precision: str) -> float | None:
+    if not torch.cuda.is_available() or precision not in ("bf16", "fp16"):
+        return None
+    name = torch.cuda.get_device_name()
+    return next((peak for key, peak in _PEAK_FLOPS.items() if key in name), None)
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+class MetricsLogger:
+    """Appends to metrics.jsonl and TensorBoard; only the main rank writes.
+
+    On resume, entries after the resumed step are dropped first, so the file always holds
+    one continuous curve.
+    """
+
+    def __init__(self, run_dir: Path, enabled: bool, tensorboard: bool, resume_step: int = 0):
+        self.path = run_dir / METRICS
+        self.enabled = enabled
+        self.writer = None
+        if not enabled:
+            return
+        kept = [m for m in read_metrics(self.path) if m["step"] <= resume_step]
+        atomic_write_text(self.path, "".join(json.dumps(m) + "\n" for m in kept))
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=resume_step + 1)
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps({"step": step, **metrics}) + "\n")
+        if self.writer is not None:
+            for name, value in metrics.items():
+                self.writer.add_scalar(f"train/{name}", value, step)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def plot_loss_curve(metrics_path: Path, png_path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [m for m in read_metrics(metrics_path) if "loss" in m]
+    figure, axis = plt.subplots(figsize=(7, 4))
+    axis.plot([m["step"] for m in rows], [m["loss"] for m in rows], label="training loss")
+    axis.set_xlabel("step")
+    axis.set_ylabel("cross-entropy (nats/token)")
+    axis.set_title(f"{metrics_path.parent.name}: training loss")
+    axis.grid(alpha=0.3)
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(png_path, dpi=120)
+    plt.close(figure)

@@ -1,0 +1,117 @@
+"""End-to-end training through the real CLI and a real DeepSpeed ZeRO-3 engine (CPU, gloo).
+
+Each run is its own process, as a restarted job would be.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pretrain.checkpoint import LATEST, checkpoint_root, find_resumable
+from pretrain.metrics import read_metrics
+
+# A model small enough that 40 steps take seconds on one CPU core.
+TINY = ["model.vocab_size=1024", "model.d_model=64", "model.n_layers=2", "model.n_heads=4",
+        "model.n_kv_heads=2", "data.seq_len=64", "train.micro_batch_size=8",
+        "optim.warmup_steps=5", "logging.log_interval=1", "logging.progress_bar=false"]
+
+
+def pretrain(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("MASTER_PORT", None)
+    return subprocess.run([sys.executable, "-m", "pretrain", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    """The sample corpus prepared once by `pretrain prepare`, shared by the runs below."""
+    root = tmp_path_factory.mktemp("prepared")
+    ok(pretrain("prepare", *TINY, f"data.dataset={root / 'data'}", cwd=root))
+    return root / "data"
+
+
+def losses(run_dir: Path) -> list[float]:
+    return [row["loss"] for row in read_metrics(run_dir / "metrics.jsonl")]
+
+
+def test_loss_falls_and_the_run_directory_is_complete(dataset, tmp_path):
+    run_dir = tmp_path / "run"
+    result = ok(pretrain("train", *TINY, f"data.dataset={dataset}", f"run.dir={run_dir}",
+                         "train.max_steps=40", "checkpoint.interval=20", cwd=tmp_path))
+    curve = losses(run_dir)
+    assert len(curve) == 40
+    first, last = sum(curve[:5]) / 5, sum(curve[-5:]) / 5
+    assert last < first - 1.0, f"loss did not fall enough: {first:.3f} -> {last:.3f}"
+    rows = read_metrics(run_dir / "metrics.jsonl")
+    assert {"loss", "lr", "grad_norm", "tokens_per_s", "tokens_seen"} <= rows[-1].keys()
+    assert rows[-1]["tokens_seen"] == 40 * 8 * 64
+
+    ds_config = json.loads((run_dir / "deepspeed_config.json").read_text())
+    assert ds_config["zero_optimization"]["stage"] == 3
+    assert ds_config["train_micro_batch_size_per_gpu"] == 8
+    assert "n_layers: 2" in (run_dir / "config.yaml").read_text()
+    assert (run_dir / "loss.png").stat().st_size > 0
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    assert (checkpoint_root(run_dir) / LATEST).read_text().strip() == "step_00000040"
+    assert sorted(p.name for p in checkpoint_root(run_dir).glob("step_*")) == [
+        "step_00000020", "step_00000040"]
+    for line in ("checkpoint:", "metrics:", "loss curve:"):
+        assert line in result.stdout
+
+
+def test_resume_after_a_stop_continues_the_same_loss_curve(dataset, tmp_path):
+    common = [*TINY, f"data.dataset={dataset}", "train.max_steps=30", "checkpoint.interval=10"]
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    ok(pretrain("train", *common, f"run.dir={straight}", cwd=tmp_path))
+    ok(pretrain("train", *common, f"run.dir={split}", "train.stop_at_step=15", cwd=tmp_path))
+    assert len(losses(split)) == 15
+    folder, meta = find_resumable(split)
+    assert folder.name == "step_00000015" and meta["step"] == 15
+    resumed = ok(pretrain("train", *common, f"run.dir={split}", cwd=tmp_path))
+    assert "resumed from step 15" in resumed.stdout
+    # Same weights, optimizer, schedule, RNG and data position: the curve continues exactly.
+    assert losses(split) == losses(straight)
+
+
+def test_a_broken_latest_checkpoint_falls_back_to_the_previous_one(dataset, tmp_path):
+    run_dir = tmp_path / "run"
+    common = [*TINY, f"data.dataset={dataset}", f"run.dir={run_dir}", "train.max_steps=10",
+              "checkpoint.interval=5"]
+    ok(pretrain("train", *common, "train.stop_at_step=10", cwd=tmp_path))
+    newest = checkpoint_root(run_dir) / "step_00000010"
+    victim = max((p for p in newest.rglob("*.pt")), key=lambda p: p.stat().st_size)
+    victim.write_bytes(victim.read_bytes()[:100])  # a truncated write, as after a full disk
+    result = ok(pretrain("train", *common, cwd=tmp_path))
+    assert "skipping" in result.stdout and "step_00000010" in result.stdout
+    assert "resumed from step 5" in result.stdout
+
+
+def test_demo_runs_from_any_directory_with_the_bundled_corpus(tmp_path):
+    result = ok(pretrain("train", "train.max_steps=3", "logging.progress_bar=false",
+                         "checkpoint.interval=3", cwd=tmp_path))
+    run_dir = tmp_path / "runs" / "demo"
+    assert (run_dir / "data" / "manifest.json").is_file()
+    assert len(losses(run_dir)) >= 1
+    assert str(Path("runs") / "demo" / "loss.png") in result.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "model.n_head=4"], "unknown config key 'model.n_head'"),
+    (["train", "--config", "nowhere.yaml"], "config file not found"),
+    (["train", "data.corpus=/no/such/corpus"], "/no/such/corpus"),
+])
+def test_bad_input_is_one_clear_line(tmp_path, args, message):
+    result = pretrain(*args, "train.max_steps=1", cwd=tmp_path)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
