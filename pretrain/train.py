@@ -139,6 +139,12 @@ def train(config: Config) -> TrainResult:
               f"{tokens_per_step:,} tokens/step | dataset {manifest['splits']['train']['tokens']:,}"
               " tokens", flush=True)
 
+    if step >= stop_at:
+        if topology.is_main:
+            print(f"[done] {run_dir} already reached step {step}; nothing to do (raise "
+                  "train.max_steps to continue, or delete the run directory to start over)")
+        return TrainResult(run_dir=run_dir, step=step, final_loss=math.nan, checkpoint=None)
+
     metrics = MetricsLogger(run_dir, topology.is_main, config.logging.tensorboard, step)
     progress = tqdm(total=stop_at, initial=step, desc="train", dynamic_ncols=True,
                     disable=not (topology.is_main and config.logging.progress_bar))

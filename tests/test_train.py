@@ -81,6 +81,9 @@ def test_resume_after_a_stop_continues_the_same_loss_curve(dataset, tmp_path):
     assert "resumed from step 15" in resumed.stdout
     # Same weights, optimizer, schedule, RNG and data position: the curve continues exactly.
     assert losses(split) == losses(straight)
+    finished = ok(pretrain("train", *common, f"run.dir={split}", cwd=tmp_path))
+    assert "already reached step 30; nothing to do" in finished.stdout
+    assert losses(split) == losses(straight)
 
 
 def test_a_broken_latest_checkpoint_falls_back_to_the_previous_one(dataset, tmp_path):
@@ -115,3 +118,22 @@ def test_bad_input_is_one_clear_line(tmp_path, args, message):
     assert result.returncode == 2
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.distributed
+def test_two_ranks_under_torchrun_share_one_run(dataset, tmp_path):
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "pretrain",
+         "train", *TINY, f"data.dataset={dataset}", f"run.dir={run_dir}", "train.max_steps=10",
+         "checkpoint.interval=10"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    ok(result)
+    assert "2 rank(s)" in result.stdout
+    rows = read_metrics(run_dir / "metrics.jsonl")
+    assert len(rows) == 10 and rows[-1]["tokens_seen"] == 10 * 8 * 64 * 2
+    folder, meta = find_resumable(run_dir)
+    assert meta["world_size"] == 2
+    assert {"rng_rank00000.pt", "rng_rank00001.pt"} <= set(meta["files"])
+    assert len(list(folder.glob("zero_pp_rank_*_optim_states.pt"))) == 2
