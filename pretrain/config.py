@@ -24,6 +24,9 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationE
 ATTENTION_IMPLS = ("eager", "sdpa", "triton", "flash_attn")
 NORM_IMPLS = ("torch", "triton")
 ENGINES = ("zero3", "pipeline")
+PRETOKENIZERS = ("siyada", "generic")
+DEDUP_MODES = ("none", "exact", "near")
+BAD_DOCUMENT_POLICIES = ("error", "skip")
 SCHEDULES = ("cosine", "wsd", "constant")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 
@@ -68,15 +71,55 @@ class ModelConfig:
 
 
 @dataclass
+class TokenizerConfig:
+    """How `pretrain tokenizer train` (and prepare, when no tokenizer is given) builds one.
+
+    The vocabulary size is `model.vocab_size`, so tokenizer and model always agree.
+    """
+
+    path: str = ""  # an existing tokenizer.json to use; empty = train one from the corpus
+    pretokenizer: str = "siyada"  # siyada: script-aware (Arabizi, Tifinagh); generic: GPT-2 style
+    language_temperature: float = 3.0  # training sample: language share ~ bytes^(1/T)
+    sample_bytes: int = 200_000_000  # at most this much text is sampled for training
+
+
+@dataclass
+class MixtureConfig:
+    """How much each training stream (one per language/source) contributes.
+
+    Explicit `weights` (keys: a language like `ary_Latn` or a stream `ary_Latn/doda`) win;
+    languages without a weight share the rest by temperature: share ~ tokens^(1/T), so T=1
+    keeps natural proportions and larger T up-samples small languages.
+    """
+
+    temperature: float = 1.0
+    weights: dict[str, float] = field(default_factory=dict)
+    max_epochs: float = 4.0  # warn when a stream would repeat more often (Muennighoff et al. 2023)
+
+
+@dataclass
 class DataConfig:
     """Where the tokens come from. See pretrain/data/ for the pipeline."""
 
-    corpus: str = "sample"  # raw documents (jsonl/txt files or folders); "sample" = bundled corpus
+    corpus: str = "sample"  # raw documents (files or folders, comma-separated); "sample" = bundled
     dataset: str = ""  # prepared MDS dataset folder; empty = <run dir>/data, prepared on first run
     seq_len: int = 256
     validation_fraction: float = 0.05  # documents held out per language for evaluation
-    num_workers: int = 0
+    num_workers: int = 0  # data-loader worker processes per rank
     shuffle: bool = True
+    # Preparing (`pretrain prepare`):
+    normalize: bool = True  # pretrain/data/normalize.py: NFC, presentation forms, controls, spaces
+    language_field: str = "lang"  # jsonl/parquet field holding the language tag
+    source_field: str = "source"  # field holding the source name (default: the file's stem)
+    languages: dict[str, str] = field(default_factory=dict)  # file glob -> language, for files
+    #                                                          without a language field (txt)
+    dedup: str = "exact"  # none | exact (same normalized text) | near (exact + MinHash)
+    near_dup_threshold: float = 0.8  # estimated Jaccard similarity of word 5-grams
+    on_bad_document: str = "error"  # error: stop with the file and line; skip: count and log
+    prepare_workers: int = 0  # tokenizing processes; 0 = one per CPU core
+    shard_size_mb: int = 64
+    output: str = ""  # also upload shards to this object-store URL (s3://, gs://, oci://, ...)
+    mixture: MixtureConfig = field(default_factory=MixtureConfig)
 
 
 @dataclass
@@ -135,6 +178,7 @@ class Config:
     run: RunConfig = field(default_factory=RunConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -248,6 +292,7 @@ def validate(config: Config) -> None:
     for key, value in (("model.vocab_size", model.vocab_size), ("model.d_model", model.d_model),
                        ("model.n_layers", model.n_layers), ("model.n_heads", model.n_heads),
                        ("data.seq_len", data.seq_len), ("train.max_steps", train.max_steps),
+                       ("data.shard_size_mb", data.shard_size_mb),
                        ("train.micro_batch_size", train.micro_batch_size),
                        ("train.grad_accum_steps", train.grad_accum_steps),
                        ("checkpoint.interval", config.checkpoint.interval),
@@ -271,6 +316,18 @@ def validate(config: Config) -> None:
     _require_choice(model.attention_impl, "model.attention_impl", ATTENTION_IMPLS)
     _require_choice(model.norm_impl, "model.norm_impl", NORM_IMPLS)
     _require_choice(parallel.engine, "parallel.engine", ENGINES)
+    _require_choice(config.tokenizer.pretokenizer, "tokenizer.pretokenizer", PRETOKENIZERS)
+    _require_choice(data.dedup, "data.dedup", DEDUP_MODES)
+    _require_choice(data.on_bad_document, "data.on_bad_document", BAD_DOCUMENT_POLICIES)
+    _require(0 < data.near_dup_threshold <= 1, "data.near_dup_threshold",
+             f"must be in (0, 1], got {data.near_dup_threshold}")
+    _require(config.tokenizer.language_temperature > 0, "tokenizer.language_temperature",
+             f"must be positive, got {config.tokenizer.language_temperature}")
+    _require(data.mixture.temperature > 0, "data.mixture.temperature",
+             f"must be positive, got {data.mixture.temperature}")
+    for stream, weight in data.mixture.weights.items():
+        _require(weight >= 0, f"data.mixture.weights.{stream}",
+                 f"must not be negative, got {weight}")
     _require_choice(optim.schedule, "optim.schedule", SCHEDULES)
     _require_choice(train.precision, "train.precision", PRECISIONS)
     _require(parallel.zero_stage in (0, 1, 2, 3), "parallel.zero_stage",
