@@ -1,4 +1,4 @@
-"""The data pipeline: corpus reading, tokenizer, packing, prepared shards, streaming loader."""
+"""The data pipeline: tokenizer, labels, streaming loader (preparing: tests/test_prepare.py)."""
 
 from __future__ import annotations
 
@@ -13,19 +13,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from stream_datasets import write_stream_dataset
 
+from pretrain.config import load_config
 from pretrain.data import DataError
-from pretrain.data.corpus import read_documents, resolve_corpus, sample_corpus_dir
+from pretrain.data.corpus import read_documents
 from pretrain.data.loader import IGNORE_INDEX, build_train_loader, make_labels, read_samples
-from pretrain.data.prepare import (
-    dataset_is_ready,
-    load_manifest,
-    pack_documents,
-    prepare_dataset,
-    split_documents,
-    verify_dataset,
-    write_samples,
-)
+from pretrain.data.packing import pack_documents
+from pretrain.data.prepare import load_manifest, prepare_dataset
 from pretrain.data.tokenizer import (
     BOS_ID,
     EOS_ID,
@@ -74,60 +69,16 @@ def corpus(tmp_path: Path) -> Path:
 
 
 def prepare(corpus: Path, out: Path, seed: int = 7) -> dict:
-    return prepare_dataset([corpus], out, vocab_size=400, seq_len=32, validation_fraction=0.2,
-                           seed=seed, shard_bytes=6144)
+    config = load_config(None, [f"data.corpus={corpus}", "model.vocab_size=400",
+                                "data.seq_len=32", "data.validation_fraction=0.2",
+                                f"train.seed={seed}", "data.prepare_workers=1"])
+    return prepare_dataset(config, out)
 
 
 @pytest.fixture
 def dataset(corpus: Path, tmp_path: Path) -> Path:
     prepare(corpus, tmp_path / "dataset")
     return tmp_path / "dataset"
-
-
-def stream_of(samples: list[np.ndarray]) -> list[int]:
-    return np.concatenate(samples).tolist()
-
-
-# --- corpus ---------------------------------------------------------------------------------
-
-def test_read_documents_jsonl_txt_and_folders(tmp_path: Path) -> None:
-    (tmp_path / "b.jsonl").write_text('{"text": "salam", "lang": "ary_Latn"}\n\n', "utf-8")
-    (tmp_path / "a_Latn.txt").write_text("first line\n\n  \nsecond line\n", "utf-8")
-    (tmp_path / "ignored.md").write_text("not a corpus file", "utf-8")
-    documents = list(read_documents([tmp_path]))
-    assert [(d.text, d.lang) for d in documents] == [
-        ("first line", "a_Latn"), ("second line", "a_Latn"), ("salam", "ary_Latn")]
-    assert documents[2].source == "b.jsonl"  # no source key: the file name
-
-
-@pytest.mark.parametrize("line, problem", [
-    ('{"text": "ok", "lang": "fra_Latn"', "not valid JSON"),
-    ('{"lang": "fra_Latn"}', "'text'"),
-    ('{"text": "x", "lang": "../etc"}', "language tag"),
-])
-def test_bad_jsonl_line_names_file_and_line(tmp_path: Path, line: str, problem: str) -> None:
-    path = tmp_path / "bad.jsonl"
-    good = '{"text": "ok", "lang": "fra_Latn"}'
-    path.write_text(f"{good}\n{good}\n{line}\n", "utf-8")
-    with pytest.raises(DataError, match=problem) as error:
-        list(read_documents([path]))
-    assert f"{path}:3" in str(error.value)
-
-
-def test_resolve_corpus(tmp_path: Path) -> None:
-    assert resolve_corpus("sample") == [sample_corpus_dir()]
-    (tmp_path / "x.txt").write_text("a\n", "utf-8")
-    assert resolve_corpus(f"{tmp_path}, {tmp_path / 'x.txt'}") == [tmp_path, tmp_path / "x.txt"]
-    with pytest.raises(DataError, match="nowhere.jsonl"):
-        resolve_corpus(f"{tmp_path},{tmp_path / 'nowhere.jsonl'}")
-
-
-def test_bundled_sample_corpus_loads() -> None:
-    folder = sample_corpus_dir()
-    if not folder.is_dir() or not any(folder.glob("*.jsonl")):
-        pytest.skip("bundled sample corpus not present")
-    languages = {document.lang for document in read_documents(resolve_corpus("sample"))}
-    assert len(languages) >= 5
 
 
 # --- tokenizer ------------------------------------------------------------------------------
@@ -161,42 +112,7 @@ def test_tokenizer_errors(tmp_path: Path) -> None:
         load_tokenizer(tmp_path / "broken.json")
 
 
-# --- packing and labels ---------------------------------------------------------------------
-
-@pytest.mark.parametrize("seed", range(5))
-def test_pack_documents_preserves_tokens_and_boundaries(seed: int) -> None:
-    rng = random.Random(seed)
-    seq_len = 16
-    documents = [[rng.randint(3, 99) for _ in range(rng.randint(1, 40))]
-                 for _ in range(rng.randint(1, 12))]
-    samples = list(pack_documents(documents, seq_len, PAD_ID))
-    tokens = [t for t, _ in samples]
-    assert all(t.shape == d.shape == (seq_len,) for t, d in samples)
-
-    stream = stream_of(tokens)
-    expected = [token for document in documents for token in document]
-    padding = len(stream) - len(expected)
-    assert 0 <= padding < seq_len and stream[len(expected):] == [PAD_ID] * padding
-    assert stream[:len(expected)] == expected
-
-    # Expected doc ids: the global document index, renumbered from 0 in every sample.
-    global_ids = [index for index, document in enumerate(documents) for _ in document]
-    global_ids += [len(documents)] * padding  # the padding is a document of its own
-    for number, (_, doc_ids) in enumerate(samples):
-        chunk = np.array(global_ids[number * seq_len:(number + 1) * seq_len])
-        assert doc_ids.tolist() == (chunk - chunk[0]).tolist()
-
-
-def test_pack_documents_edges() -> None:
-    assert list(pack_documents([], 8, PAD_ID)) == []
-    (tokens, doc_ids), = pack_documents([[5, 6, 7], [8, 9, 10, 11, 12]], 8, PAD_ID)  # exact fit
-    assert tokens.tolist() == [5, 6, 7, 8, 9, 10, 11, 12]
-    assert doc_ids.tolist() == [0, 0, 0, 1, 1, 1, 1, 1]
-    first, second = pack_documents([[5, 6, 7, 8, 9, 10]], 4, PAD_ID)  # continues, then pads
-    assert second[0].tolist() == [9, 10, PAD_ID, PAD_ID] and second[1].tolist() == [0, 0, 1, 1]
-    with pytest.raises(DataError, match="seq_len"):
-        pack_documents([[1]], 0, PAD_ID)
-
+# --- labels ---------------------------------------------------------------------------------
 
 def test_make_labels_stay_inside_documents() -> None:
     tokens = torch.tensor([[1, 5, 6, 2, 1, 7, 2, 0, 0]])
@@ -219,140 +135,20 @@ def test_make_labels_stay_inside_documents() -> None:
                 assert labels[b, t] == tokens[b, t + 1]
 
 
-# --- prepared dataset -----------------------------------------------------------------------
-
-def test_split_is_per_language_and_disjoint(corpus: Path) -> None:
-    documents = list(read_documents([corpus]))
-    train, val = split_documents(documents, validation_fraction=0.2, seed=3)
-    assert set(val) == set(WORDS)
-    assert all(len(docs) == round(0.2 * 12) for docs in val.values())
-    held_out = [d for docs in val.values() for d in docs]
-    assert sorted(map(str, train + held_out)) == sorted(map(str, documents))
-    assert not {d.text for d in train} & {d.text for d in held_out}
-    assert split_documents(documents, 0.0, seed=3)[1] == {}
-    one_each = [documents[0], documents[12], documents[13]]  # 1 doc of one language, 2 of another
-    _, val = split_documents(one_each, 0.01, seed=3)
-    assert {lang: len(docs) for lang, docs in val.items()} == {documents[12].lang: 1}
-
-
-def test_prepare_writes_packed_shards_and_manifest(corpus: Path, dataset: Path) -> None:
-    manifest = load_manifest(dataset)
-    train_docs, val_docs = split_documents(list(read_documents([corpus])), 0.2, seed=7)
-    tokenizer = load_tokenizer(dataset / "tokenizer.json")
-
-    def check_split(folder: Path, documents: list, counts: dict) -> None:
-        token_lists = encode_documents(tokenizer, [d.text for d in documents])
-        expected = list(pack_documents(token_lists, 32, PAD_ID))
-        stored = list(read_samples(folder))
-        assert len(stored) == len(expected) == counts["samples"]
-        for sample, (tokens, doc_ids) in zip(stored, expected, strict=True):
-            assert np.array_equal(sample["tokens"], tokens)
-            assert np.array_equal(sample["doc_ids"], doc_ids)
-        assert counts["documents"] == len(documents)
-        assert counts["tokens"] == sum(map(len, token_lists))
-        assert counts["bytes"] == sum(len(d.text.encode("utf-8")) for d in documents)
-
-    splits = manifest["splits"]
-    check_split(dataset / "train", train_docs, splits["train"])
-    assert set(splits["val"]["languages"]) == set(WORDS)
-    for lang, counts in splits["val"]["languages"].items():
-        check_split(dataset / counts["path"], val_docs[lang], counts)
-        assert not {d.text for d in val_docs[lang]} & {d.text for d in train_docs}
-    assert splits["val"]["documents"] == sum(map(len, val_docs.values()))
-
-    assert manifest["seq_len"] == 32 and manifest["vocab_size"] == tokenizer.get_vocab_size()
-    assert manifest["tokenizer"]["special_tokens"] == {"<|pad|>": 0, "<|bos|>": 1, "<|eos|>": 2}
-    assert [s["documents"] for s in manifest["sources"]] == [12] * len(WORDS)
-    index = json.loads((dataset / "train" / "index.json").read_text())
-    assert len(index["shards"]) > 1  # small shard_bytes: several shards
-    recorded = {f["path"]: f for f in manifest["files"]}
-    for shard in index["shards"]:
-        entry = recorded[f"train/{shard['raw_data']['basename']}"]
-        assert entry["bytes"] == shard["raw_data"]["bytes"]
-        assert entry["sha256"] == shard["raw_data"]["hashes"]["sha256"]
-    assert dataset_is_ready(dataset)
-    verify_dataset(dataset, checksums=True)
-    assert [p.name for p in dataset.parent.iterdir() if p.name.startswith(".")] == []
-
-
-def test_prepare_is_deterministic(corpus: Path, tmp_path: Path) -> None:
-    def hashes(manifest: dict) -> dict:
-        return {f["path"]: f["sha256"] for f in manifest["files"]}
-
-    first = prepare(corpus, tmp_path / "a")
-    assert hashes(prepare(corpus, tmp_path / "b")) == hashes(first)
-    again = prepare(corpus, tmp_path / "a")  # replaces the previous dataset in place
-    assert hashes(again) == hashes(first) and load_manifest(tmp_path / "a") == again
-    other = hashes(prepare(corpus, tmp_path / "c", seed=8))
-    assert other["train/shard.00000.mds"] != hashes(first)["train/shard.00000.mds"]
-
-
-def test_verify_dataset_names_the_bad_shard(dataset: Path) -> None:
-    shard = dataset / "train" / "shard.00001.mds"
-    data = bytearray(shard.read_bytes())
-    data[-1] ^= 0xFF  # same size, different content: only the checksum sees it
-    shard.write_bytes(data)
-    verify_dataset(dataset)
-    with pytest.raises(DataError, match="shard.00001.mds.*sha256.*pretrain prepare"):
-        verify_dataset(dataset, checksums=True)
-    shard.write_bytes(data[:-10])
-    with pytest.raises(DataError, match="shard.00001.mds.*bytes"):
-        verify_dataset(dataset)
-    shard.unlink()
-    with pytest.raises(DataError, match="shard.00001.mds: dataset file is missing"):
-        verify_dataset(dataset)
-
-
-def test_missing_or_corrupt_manifest(tmp_path: Path) -> None:
-    assert not dataset_is_ready(tmp_path / "nothing")
-    with pytest.raises(DataError, match="pretrain prepare"):
-        load_manifest(tmp_path / "nothing")
-    (tmp_path / "manifest.json").write_text("{truncated", "utf-8")
-    assert not dataset_is_ready(tmp_path)
-    with pytest.raises(DataError, match="corrupt.*pretrain prepare"):
-        load_manifest(tmp_path)
-
-
-def test_prepare_is_atomic_and_careful(corpus: Path, tmp_path: Path,
-                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    (corpus / "zzz.jsonl").write_text("{oops\n", "utf-8")  # fails after the good files are read
-    with pytest.raises(DataError, match="zzz.jsonl:1"):
-        prepare(corpus, tmp_path / "out")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus"]  # no out/, no .out.partial
-    (corpus / "zzz.jsonl").unlink()
-
-    before = prepare(corpus, tmp_path / "out")
-    written = []
-
-    def crash_on_second_split(split_dir: Path, *args, **kwargs) -> int:
-        if written:
-            raise OSError("disk full")
-        written.append(split_dir)
-        return write_samples(split_dir, *args, **kwargs)
-
-    monkeypatch.setattr("pretrain.data.prepare.write_samples", crash_on_second_split)
-    with pytest.raises(OSError, match="disk full"):
-        prepare(corpus, tmp_path / "out", seed=8)
-    assert load_manifest(tmp_path / "out") == before  # the old dataset is untouched
-    verify_dataset(tmp_path / "out", checksums=True)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus", "out"]
-
-    foreign = tmp_path / "foreign"
-    foreign.mkdir()
-    (foreign / "precious.txt").write_text("keep me", "utf-8")
-    with pytest.raises(DataError, match="refusing to overwrite"):
-        prepare(corpus, foreign)
-    assert (foreign / "precious.txt").exists()
-
-
 # --- loader ---------------------------------------------------------------------------------
 
 def samples_of(batch: dict) -> list[tuple[int, ...]]:
     return [tuple(row) for row in batch["input_ids"].tolist()]
 
 
+def stored_samples(dataset: Path) -> list[tuple[int, ...]]:
+    """Every training sample of a prepared dataset, stream after stream as the manifest lists."""
+    return [tuple(sample["tokens"].tolist()) for stream in load_manifest(dataset)["streams"]
+            for sample in read_samples(dataset / stream["path"])]
+
+
 def test_loader_yields_the_shards_in_order_without_shuffle(dataset: Path) -> None:
-    stored = [tuple(s["tokens"].tolist()) for s in read_samples(dataset / "train")]
+    stored = stored_samples(dataset)
     loader = build_train_loader(dataset, micro_batch_size=4, seed=1, shuffle=False, num_workers=0)
     batches = list(loader)
     assert len(batches) == len(stored) // 4  # the last partial batch is dropped
@@ -386,17 +182,17 @@ def test_loader_resumes_exactly_mid_epoch(dataset: Path, num_workers: int) -> No
 def test_loader_reshuffles_each_epoch(dataset: Path) -> None:
     loader = build_train_loader(dataset, micro_batch_size=2, seed=5, shuffle=True, num_workers=0)
     epochs = [[row for batch in loader for row in samples_of(batch)] for _ in range(2)]
-    stored = {tuple(s["tokens"].tolist()) for s in read_samples(dataset / "train")}
+    stored = set(stored_samples(dataset))
     for epoch in epochs:
         assert len(epoch) == len(set(epoch)) == len(stored) // 2 * 2 and set(epoch) <= stored
     assert epochs[0] != epochs[1]
 
 
 def numbered_dataset(folder: Path, count: int = 24) -> Path:
-    """A train split of `count` 8-token samples, sample i filled with the number i, in 2 shards."""
+    """One stream of `count` 8-token samples, sample i filled with the number i, in 2 shards."""
     numbered = ((np.full(8, i, np.uint32), np.zeros(8, np.uint16)) for i in range(count))
-    write_samples(folder / "train", numbered, seq_len=8, shard_bytes=4096 + count // 2 * 48)
-    return folder
+    return write_stream_dataset(folder, {"und/numbers": numbered}, seq_len=8,
+                                shard_bytes=4096 + count // 2 * 48)
 
 
 def dp_loader(dataset: Path, rank: int, size: int, batch: int = 3):
@@ -480,7 +276,7 @@ def test_loader_can_copy_shards_to_a_cache(dataset: Path, tmp_path: Path) -> Non
         return [row for batch in loader for row in samples_of(batch)]
 
     assert rows(cache_dir=tmp_path / "cache") == rows()
-    assert len(list((tmp_path / "cache").glob("*/train/shard.*.mds"))) > 1
+    assert len(list((tmp_path / "cache").glob("*/train/*/*/shard.*.mds"))) > 1
     busy = build_train_loader(dataset, 4, seed=1, shuffle=True, num_workers=0,
                               cache_dir=tmp_path / "busy")
     with pytest.raises(DataError, match="cache folder in use"):

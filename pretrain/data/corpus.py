@@ -1,33 +1,102 @@
 """Raw documents: where they are and how to read them.
 
-A corpus is a list of files or folders. Two file formats are read:
-- `.jsonl`: one JSON object per line with keys `text`, `lang` and optionally `source`;
-- `.txt`: one document per non-empty line; the language is the file name's stem
-  (`ary_Latn.txt` holds Darija in Latin script).
-Languages are tags like `ary_Arab` (ISO 639-3 + ISO 15924 script); they name folders of the
-prepared dataset, so only letters, digits, `_` and `-` are allowed.
+A corpus is a list of files or folders; folders are searched recursively and their supported
+files read in sorted path order (hidden files are ignored). Formats:
+- `.jsonl`, `.jsonl.gz`, `.json.gz`: one JSON object per line with a string `text`;
+- `.parquet`: one row per document, a string column `text` (read in row batches);
+- `.txt`: one document per non-empty line.
+The language of a document is its record's `data.language_field` (default `lang`); records
+without one (every .txt line) take the language of the first `data.languages` pattern that
+matches their file (`{"*/udhr_arb.txt": "arb_Arab"}`; patterns match from the right, like
+`PurePath.match`). The source is the record's `data.source_field`, else the file name without
+its extension. Languages (`ary_Arab`: ISO 639-3 + ISO 15924 script) and sources name folders
+of the prepared dataset, so only letters, digits, `_`, `-` (and `.` inside a source) are allowed.
+
+Reading is split in two so that the costly half runs in parallel: `file_pieces` cuts a file
+into pieces of whole lines (about `PIECE_BYTES`) or of parquet rows, cheaply, in corpus order;
+`parse_piece` turns a piece into documents (JSON, validation) and can run in a worker process.
+
+Bad input (a malformed line, a missing language, a non-UTF-8 line, an empty or unreadable
+file) is reported by `parse_piece` and handled by `BadInput` following
+`data.on_bad_document`: `error` stops with one `DataError` naming the file and line (parquet:
+0-based row); `skip` counts it per reason and file and goes on. Empty texts are not bad input:
+prepare drops and counts them.
 """
 
 from __future__ import annotations
 
+import gzip
 import json
+import logging
 import re
+import zlib
+from collections import Counter, defaultdict
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
-from pathlib import Path
+from pathlib import Path, PurePath
+from typing import Any, NamedTuple
 
+from pretrain.config import DataConfig
 from pretrain.data import DataError
 
-CORPUS_SUFFIXES = (".jsonl", ".txt")
+SUFFIXES = (".jsonl", ".jsonl.gz", ".json.gz", ".parquet", ".txt")
+TEXT_FIELD = "text"
+PIECE_BYTES = 1 << 20  # text per piece: large enough to amortize sending it to a worker
+PARQUET_BATCH_ROWS = 4096
 _LANG_PATTERN = re.compile(r"[A-Za-z0-9_-]+")
+_SOURCE_PATTERN = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*")
+_SURROGATE = re.compile("[\ud800-\udfff]")  # from JSON escapes; cannot be encoded as UTF-8
+SKIP_HINT = "fix the input, or set data.on_bad_document=skip to count and skip such input"
+
+log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Document:
+class Document(NamedTuple):  # a tuple: millions are made, and a tuple is made fastest
     text: str
     lang: str
     source: str
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One bad input: `reason` is its kind (counted as such), `detail` says more."""
+
+    reason: str
+    detail: str = ""
+    hint: str = SKIP_HINT
+    where: str = ""  # file:line, file: row N, or file
+
+    def __str__(self) -> str:
+        detail = f" ({self.detail})" if self.detail else ""
+        return f"{self.where}: {self.reason}{detail}"
+
+
+class BadInput:
+    """Applies `data.on_bad_document` to each problem: raise (`error`) or count it (`skip`)."""
+
+    def __init__(self, policy: str) -> None:
+        self.policy = policy
+        self.counts: dict[str, Counter[str]] = defaultdict(Counter)  # reason -> file -> count
+        self.first: dict[str, str] = {}  # reason -> the first such problem
+
+    def __call__(self, problem: Problem, path: Path) -> None:
+        if self.policy == "error":
+            raise DataError(f"{problem}; {problem.hint}")
+        self.counts[problem.reason][str(path)] += 1
+        self.first.setdefault(problem.reason, str(problem))
+
+    def summary(self) -> dict[str, dict[str, Any]]:
+        """Per reason: how many, where the first was, and how many in each file (for manifests)."""
+        return {reason: {"count": sum(files.values()), "first": self.first[reason],
+                         "files": dict(sorted(files.items()))}
+                for reason, files in sorted(self.counts.items())}
+
+    def log_summary(self) -> None:
+        if self.counts:
+            log.warning("skipped bad input: %s", "; ".join(
+                f"{reason}: {entry['count']} (first: {entry['first']})"
+                for reason, entry in self.summary().items()))
 
 
 def sample_corpus_dir() -> Path:
@@ -41,74 +110,212 @@ def resolve_corpus(spec: str) -> list[Path]:
         return [sample_corpus_dir()]
     paths = [Path(item.strip()) for item in spec.split(",") if item.strip()]
     if not paths:
-        raise DataError("data.corpus is empty; give 'sample' or comma-separated .jsonl/.txt "
-                        "files or folders")
+        raise DataError("data.corpus is empty; give 'sample' or comma-separated files or folders")
     for path in paths:
         if not path.exists():
             raise DataError(f"corpus path not found: {path}; fix data.corpus")
     return paths
 
 
+def _suffix(path: Path) -> str | None:
+    return next((suffix for suffix in SUFFIXES if path.name.endswith(suffix)), None)
+
+
 def corpus_files(paths: list[str | Path]) -> list[Path]:
-    """The document files behind `paths`: folders expand to their .jsonl/.txt files, sorted."""
-    files = []
+    """The document files behind `paths`: folders expand recursively to supported files, sorted."""
+    files: dict[Path, None] = {}  # ordered set: a file listed twice is read once
     for path in map(Path, paths):
         if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.suffix in CORPUS_SUFFIXES and p.is_file())
+            found = sorted(p for p in path.rglob("*") if p.is_file() and _suffix(p)
+                           and not any(part.startswith(".") for part in p.relative_to(path).parts))
             if not found:
-                raise DataError(f"{path}: folder has no .jsonl or .txt files")
-            files.extend(found)
-        elif path.suffix in CORPUS_SUFFIXES and path.is_file():
-            files.append(path)
+                raise DataError(f"{path}: folder has no {', '.join(SUFFIXES)} files")
+            files.update(dict.fromkeys(found))
+        elif path.is_file() and _suffix(path):
+            files[path] = None
         elif path.exists():
-            raise DataError(f"{path}: unsupported corpus file; use .jsonl or .txt")
+            raise DataError(f"{path}: unsupported corpus file; use one of {', '.join(SUFFIXES)}")
         else:
             raise DataError(f"corpus path not found: {path}")
-    return files
+    return list(files)
 
 
-def read_documents(paths: list[str | Path]) -> Iterator[Document]:
-    """Every non-empty document in `paths`, file by file in `corpus_files` order."""
+def read_documents(paths: list[str | Path], data: DataConfig | None = None,
+                   bad: BadInput | None = None) -> Iterator[Document]:
+    """Every document in `paths`, file by file in `corpus_files` order (in this process)."""
+    data = data or DataConfig()
+    bad = bad or BadInput(data.on_bad_document)
     for path in corpus_files(paths):
-        yield from (_read_jsonl if path.suffix == ".jsonl" else _read_txt)(path)
+        for piece in file_pieces(path, data):
+            documents, problems = parse_piece(piece, data)
+            for problem in problems:
+                bad(problem, path)
+            yield from documents
 
 
-def _check_lang(lang: object, where: str) -> str:
+@dataclass(frozen=True)
+class Piece:
+    """Consecutive records of one file: whole lines, parquet rows, or a problem with the file."""
+
+    path: Path
+    first: int | None  # its first line (1-based) or row (0-based); None: the whole file
+    offset: int = 0  # byte offset of its first line in the (uncompressed) file
+    lines: bytes = b""
+    rows: Any = None  # a pyarrow.RecordBatch
+    problem: Problem | None = None  # the file cannot be read (further)
+
+
+def file_pieces(path: Path, data: DataConfig) -> Iterator[Piece]:
+    """Cut one corpus file into pieces, in order, without parsing it (cheap, main process)."""
+    suffix = _suffix(path)
+    pieces = _parquet_pieces(path, data) if suffix == ".parquet" else _line_pieces(path, suffix)
+    empty = True
+    for piece in pieces:
+        yield piece
+        if piece.problem is not None:
+            return
+        empty = empty and (not piece.rows.num_rows if piece.rows is not None
+                           else piece.lines.isspace())
+    if empty:
+        yield Piece(path, None, problem=Problem("empty file", "no documents"))
+
+
+def _unreadable(error: Exception) -> Problem:
+    return Problem("unreadable file", f"{type(error).__name__}: {error}",
+                   "replace the file with a good copy, or set data.on_bad_document=skip to "
+                   "keep what was read before the damage")
+
+
+def _line_pieces(path: Path, suffix: str) -> Iterator[Piece]:
+    opener = gzip.open if suffix.endswith(".gz") else open
+    first, offset, rest = 1, 0, b""
+    try:
+        with opener(path, "rb") as handle:
+            while block := handle.read(PIECE_BYTES):
+                block = rest + block
+                cut = block.rfind(b"\n") + 1  # 0: one line longer than the block, read on
+                lines, rest = block[:cut], block[cut:]
+                if lines:
+                    yield Piece(path, first, offset, lines)
+                    first, offset = first + lines.count(b"\n"), offset + len(lines)
+    except (OSError, EOFError, zlib.error) as error:  # truncated or corrupt gzip, I/O error
+        yield Piece(path, first, offset, problem=_unreadable(error))
+        return
+    if rest:
+        yield Piece(path, first, offset, rest)
+
+
+def _parquet_pieces(path: Path, data: DataConfig) -> Iterator[Piece]:
+    import pyarrow
+    import pyarrow.parquet as pq
+
+    row = 0
+    try:
+        parquet = pq.ParquetFile(path)
+        names = set(parquet.schema_arrow.names)
+        if TEXT_FIELD not in names:
+            yield Piece(path, None, problem=Problem(f"no '{TEXT_FIELD}' column"))
+            return
+        columns = [name for name in dict.fromkeys((TEXT_FIELD, data.language_field,
+                                                   data.source_field)) if name in names]
+        for batch in parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=columns):
+            yield Piece(path, row, rows=batch)
+            row += batch.num_rows
+    except (OSError, pyarrow.ArrowException) as error:
+        yield Piece(path, row, problem=_unreadable(error))
+
+
+def parse_piece(piece: Piece, data: DataConfig) -> tuple[list[Document], list[Problem]]:
+    """The documents of a piece and its problems, in order."""
+    path = piece.path
+    parquet = _suffix(path) == ".parquet"
+
+    def where(position: int | None) -> str:
+        if position is None:
+            return str(path)
+        return f"{path}: row {position}" if parquet else f"{path}:{position}"
+
+    if piece.problem is not None:
+        return [], [replace(piece.problem, where=where(piece.first))]
+    records = _rows(piece) if parquet else _lines(piece)
+    mapped_lang = next((lang for pattern, lang in data.languages.items()
+                        if PurePath(path).match(pattern)), None)
+    default_source = path.name[:-len(_suffix(path))]
+    tags: dict[tuple[str, str], Problem | None] = {}  # few (lang, source): check once
+    documents: list[Document] = []
+    problems: list[Problem] = []
+    for position, record in records:
+        if isinstance(record, Problem):
+            problems.append(replace(record, where=where(position)))
+            continue
+        text = record.get(TEXT_FIELD)
+        lang = record.get(data.language_field)
+        lang = mapped_lang if lang is None else lang
+        source = record.get(data.source_field)
+        source = default_source if source is None else source
+        if not isinstance(text, str):
+            problem = Problem(f"'{TEXT_FIELD}' missing or not a string")
+        elif _SURROGATE.search(text):
+            problem = Problem("text not valid Unicode", "unpaired surrogates from "
+                              "\\ud800-\\udfff escapes")
+        else:
+            tag = (lang, source) if isinstance(lang, str) and isinstance(source, str) else None
+            problem = tags[tag] if tag in tags else _check_tags(lang, source, data.language_field)
+            if tag is not None:
+                tags[tag] = problem
+            if problem is None:
+                documents.append(Document(text, lang, source))
+                continue
+        problems.append(replace(problem, where=where(position)))
+    return documents, problems
+
+
+def _check_tags(lang: Any, source: Any, language_field: str) -> Problem | None:
+    """Why a record's language or source cannot name dataset folders, or None if they can."""
+    if lang is None:
+        return Problem("no language", f"no '{language_field}' field and no data.languages "
+                       "pattern matches the file",
+                       f"add '{language_field}' to the records or a data.languages pattern")
     if not isinstance(lang, str) or not _LANG_PATTERN.fullmatch(lang):
-        raise DataError(f"{where}: language tag {lang!r} must be letters, digits, '_' or '-' "
-                        "(e.g. ary_Arab)")
-    return lang
+        return Problem("bad language tag", f"{lang!r}: use letters, digits, '_' or '-', e.g. "
+                       "ary_Arab")
+    if not isinstance(source, str) or not _SOURCE_PATTERN.fullmatch(source):
+        return Problem("bad source name", f"{source!r}: use letters, digits, '_', '-' or '.' "
+                       "(not first)")
+    return None
 
 
-def _lines(path: Path) -> Iterator[tuple[str, str]]:
-    """(`file:line` for error messages, text without the newline) for each line of `path`."""
-    with open(path, "rb") as handle:
-        for number, raw in enumerate(handle, start=1):
-            where = f"{path}:{number}"
-            try:
-                yield where, raw.decode("utf-8").rstrip("\r\n")
-            except UnicodeDecodeError:
-                raise DataError(f"{where}: not UTF-8 text; re-encode the file as UTF-8") from None
+Records = Iterator[tuple[int | None, Any]]  # (line or row, record dict or Problem)
 
 
-def _read_jsonl(path: Path) -> Iterator[Document]:
-    for where, line in _lines(path):
-        if not line.strip():
+def _lines(piece: Piece) -> Records:
+    offset = piece.offset
+    txt = piece.path.suffix == ".txt"
+    for number, raw in enumerate(piece.lines.split(b"\n"), start=piece.first):
+        start, offset = offset, offset + len(raw) + 1
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as error:
+            kind = "uncompressed " if piece.path.suffix == ".gz" else ""
+            yield number, Problem("not UTF-8", f"byte {start + error.start} of the {kind}file",
+                                  "re-encode the file as UTF-8, or set "
+                                  "data.on_bad_document=skip to skip such lines")
+            continue
+        if not line or line.isspace():
+            continue
+        if txt:
+            yield number, {TEXT_FIELD: line.rstrip("\r")}
             continue
         try:
             record = json.loads(line)
         except json.JSONDecodeError as error:
-            raise DataError(f"{where}: not valid JSON ({error.msg}); fix or remove the line") \
-                from None
-        if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-            raise DataError(f"{where}: expected an object with a string 'text' key")
-        lang = _check_lang(record.get("lang"), where)
-        if record["text"]:
-            yield Document(record["text"], lang, str(record.get("source", path.name)))
+            yield number, Problem("malformed JSON", error.msg)
+            continue
+        yield number, record if isinstance(record, dict) else Problem("not a JSON object")
 
 
-def _read_txt(path: Path) -> Iterator[Document]:
-    lang = _check_lang(path.stem, str(path))
-    for _, line in _lines(path):
-        if line.strip():
-            yield Document(line, lang, path.name)
+def _rows(piece: Piece) -> Records:
+    columns = piece.rows.schema.names
+    values = [piece.rows.column(name).to_pylist() for name in columns]
+    for row, record in enumerate(zip(*values, strict=True), start=piece.first):
+        yield row, dict(zip(columns, record, strict=True))

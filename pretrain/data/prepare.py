@@ -1,243 +1,520 @@
-"""Prepare a dataset: documents -> tokenizer -> packed fixed-length sequences -> MDS shards.
+"""Prepare a dataset (`pretrain prepare`): raw documents in, packed MDS shards + manifest out.
 
 The prepared folder:
-    tokenizer.json     byte-level BPE (see tokenizer.py)
-    train/             MDS shards of the training split, languages mixed in a seeded order
-    val/<lang>/        MDS shards of each language's held-out documents (per-language eval)
-    manifest.json      counts, hashes and provenance; written last, its presence = complete
+    tokenizer.json              byte-level BPE (see tokenizer.py), trained here or copied
+    train/<lang>/<source>/      one MDS stream per language and source (index.json + shards)
+    val/<lang>/                 each language's held-out documents, for per-language evaluation
+    manifest.json               counts, hashes, provenance; written last: its presence = complete
 
-Each sample has two columns of exactly `seq_len` values: `tokens` (uint32 token ids) and
-`doc_ids` (uint16, which document each token belongs to, restarting at 0 in every sample).
-The whole folder is built under a hidden temporary name next to `out_dir` and renamed into
-place when complete, so an interrupted run never leaves something that looks prepared.
+Two passes over the corpus, both spread over `data.prepare_workers` processes through an
+*ordered* map, so the result does not depend on the number of workers:
+1. scan: the main process cuts the files into pieces (corpus.py); the workers parse them,
+   normalize (normalize.py) and fingerprint each document; then the main process, in corpus
+   order, drops empty texts and duplicates (dedup.py: the first occurrence wins), decides the
+   validation split and the tokenizer's sample (split.py) and appends each document to a
+   temporary file of its stream;
+2. write: the tokenizer is trained on that sample (or `tokenizer.path` is copied); per stream,
+   windows of `SHUFFLE_WINDOW_BYTES` of documents are shuffled (seeded), tokenized in the
+   workers, packed (packing.py) and written as MDS shards by the main process.
+
+Crash safety: everything is built in a hidden sibling folder (`.<name>.partial-<pid>`) renamed
+into place at the end, so a killed run never leaves something that looks prepared; the next
+run removes such leftovers. With `data.output` the finished dataset is then uploaded, the
+manifest last. Re-running on the same input gives byte-identical files (the manifest holds no
+timestamps or machine-dependent values).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib
 import json
+import logging
+import mmap
+import multiprocessing
 import os
-import random
+import re
 import shutil
-from collections import defaultdict
-from collections.abc import Iterable, Iterator, Sequence
-from pathlib import Path
-from typing import Any
+from array import array
+from collections import Counter, defaultdict, deque
+from collections.abc import Callable, Iterable, Iterator
+from functools import lru_cache
+from itertools import chain, groupby
+from pathlib import Path, PurePosixPath
+from typing import Any, NamedTuple
 
 import numpy as np
 from tokenizers import Tokenizer
+from tqdm import tqdm
 
+from pretrain.config import Config, DataConfig
 from pretrain.data import DataError
-from pretrain.data.corpus import Document, corpus_files, read_documents
+from pretrain.data.corpus import (
+    BadInput,
+    Document,
+    Piece,
+    Problem,
+    corpus_files,
+    file_pieces,
+    parse_piece,
+    resolve_corpus,
+)
+from pretrain.data.dedup import Deduplicator, MinHasher, content_digest
+from pretrain.data.normalize import normalize_text
+from pretrain.data.packing import TOKEN_DTYPE, Packer, Sample, write_samples
+from pretrain.data.split import Placed, Splitter, TokenizerSample, split_keys
 from pretrain.data.streaming_import import import_streaming
 from pretrain.data.tokenizer import (
     PAD_ID,
     SPECIAL_TOKENS,
     encode_documents,
     load_tokenizer,
+    save_tokenizer,
     train_tokenizer,
 )
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
 TOKENIZER = "tokenizer.json"
 TRAIN, VAL = "train", "val"
-TOKEN_DTYPE = np.uint32
-DOC_ID_DTYPE = np.uint16
-MAX_SEQ_LEN = int(np.iinfo(DOC_ID_DTYPE).max) + 1  # doc ids in a sample stay below seq_len
-COUNTS = ("documents", "tokens", "bytes")  # per split and language; bytes of UTF-8 text
-SHARD_BYTES = 1 << 26  # 64 MiB, the MDS default: few files, cheap random access
-SHARD_HEADER_BYTES = 4096  # generous bound on an MDS shard's header (offsets + column config)
+WORK = ".work"  # temporary per-stream document files, inside the staging folder
+COUNTS = ("documents", "tokens", "bytes", "samples")  # per stream; bytes of normalized UTF-8
+TASK_BYTES = 1 << 20  # text per tokenizing task: large enough to amortize sending it
+SHUFFLE_WINDOW_BYTES = 1 << 26  # documents are shuffled within windows of this much text
+# Config keys that do not change the prepared files, left out of the manifest so that datasets
+# prepared with other worker counts (or used with other loader settings) compare equal.
+NOT_RECORDED = ("dataset", "num_workers", "shuffle", "mixture", "prepare_workers")
 PREPARE_HINT = "run `pretrain prepare` (or delete the folder and let `pretrain train` prepare it)"
 
-
-def pack_documents(docs_token_lists: Iterable[Sequence[int]], seq_len: int,
-                   pad_id: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Concatenate documents and cut the stream into samples of exactly `seq_len` tokens.
-
-    Yields (tokens, doc_ids). A document that does not fit continues in the next sample. In each
-    sample doc_ids start at 0 and go up by one at every document start. The last sample is
-    filled with `pad_id` tokens under a doc id of their own, so the targets never reach them.
-    """
-    if not 1 <= seq_len <= MAX_SEQ_LEN:  # checked here, not at the first next()
-        raise DataError(f"seq_len must be in [1, {MAX_SEQ_LEN}], got {seq_len}")
-    return _pack(docs_token_lists, seq_len, pad_id)
+log = logging.getLogger(__name__)
 
 
-def _pack(docs_token_lists: Iterable[Sequence[int]], seq_len: int,
-          pad_id: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    tokens = np.empty(seq_len, TOKEN_DTYPE)
-    doc_ids = np.empty(seq_len, DOC_ID_DTYPE)
-    filled, doc_id = 0, -1
-    for document in docs_token_lists:
-        if not len(document):
-            continue
-        doc_id += 1
-        start = 0
-        while start < len(document):
-            if filled == seq_len:
-                yield tokens.copy(), doc_ids.copy()
-                filled, doc_id = 0, 0
-            count = min(len(document) - start, seq_len - filled)
-            tokens[filled:filled + count] = document[start:start + count]
-            doc_ids[filled:filled + count] = doc_id
-            filled += count
-            start += count
-    if filled:
-        tokens[filled:] = pad_id
-        doc_ids[filled:] = doc_ids[filled - 1] + 1
-        yield tokens.copy(), doc_ids.copy()
-
-
-def split_documents(documents: list[Document], validation_fraction: float,
-                    seed: int) -> tuple[list[Document], dict[str, list[Document]]]:
-    """Hold out `validation_fraction` of each language's documents, chosen by a seeded shuffle.
-
-    Returns the training documents in a seeded shuffled order (languages mixed) and the
-    validation documents per language in corpus order. A language with at least two documents
-    gives at least one to validation (if the fraction is positive) and keeps at least one.
-    """
-    by_lang: dict[str, list[Document]] = defaultdict(list)
-    for document in documents:
-        by_lang[document.lang].append(document)
-    train, val = [], {}
-    for lang in sorted(by_lang):
-        docs = by_lang[lang]
-        order = list(range(len(docs)))
-        random.Random(f"{seed}/{lang}").shuffle(order)  # str seeds hash stably across runs
-        held_out = 0
-        if validation_fraction > 0 and len(docs) >= 2:
-            held_out = min(len(docs) - 1, max(1, round(validation_fraction * len(docs))))
-        if held_out:
-            val[lang] = [docs[i] for i in sorted(order[:held_out])]
-        train.extend(docs[i] for i in sorted(order[held_out:]))
-    random.Random(seed).shuffle(train)
-    return train, val
-
-
-def prepare_dataset(corpus: list[Path], out_dir: Path, vocab_size: int, seq_len: int,
-                    validation_fraction: float, seed: int, tokenizer_path: Path | None = None,
-                    shard_bytes: int = SHARD_BYTES) -> dict[str, Any]:
-    """Build the dataset folder `out_dir` from the corpus files/folders; returns the manifest.
+def prepare_dataset(config: Config, out_dir: Path | None = None) -> dict[str, Any]:
+    """Build the dataset folder (default `config.dataset_dir`) from `data.corpus`; the manifest.
 
     An existing prepared dataset at `out_dir` is replaced; any other non-empty folder is refused.
-    With `tokenizer_path` that tokenizer is used as is instead of training one.
+    With `tokenizer.path` that tokenizer is used as is; otherwise one is trained on a sample of
+    the training split. With `data.output` the dataset is also uploaded there.
     """
-    out_dir = Path(out_dir)
+    out_dir = Path(out_dir or config.dataset_dir)
+    files = corpus_files(resolve_corpus(config.data.corpus))
     if out_dir.is_file() or (out_dir.is_dir() and any(out_dir.iterdir())
                              and not (out_dir / MANIFEST).is_file()):
         raise DataError(f"{out_dir}: exists and is not a prepared dataset; refusing to overwrite "
                         "it. Choose another data.dataset folder or empty this one")
+    _remove_leftovers(out_dir)
     staging = out_dir.with_name(f".{out_dir.name}.partial-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)  # left by a crashed run that had our pid
     staging.mkdir(parents=True)
     try:
-        manifest = _build(corpus, staging, vocab_size, seq_len, validation_fraction, seed,
-                          tokenizer_path, shard_bytes)
+        if config.data.output:
+            _uploader(staging, config.data.output)  # a bad URL or credentials fail now, not later
+        manifest = _build(config, files, staging)
         _replace_folder(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    if config.data.output:
+        upload_dataset(out_dir, config.data.output)
     return manifest
 
 
-def _build(corpus: list[Path], root: Path, vocab_size: int, seq_len: int,
-           validation_fraction: float, seed: int, tokenizer_path: Path | None,
-           shard_bytes: int) -> dict[str, Any]:
-    """Write the whole dataset into the (empty, temporary) folder `root`."""
-    documents, sources = [], []
-    for path in corpus_files(corpus):
-        file_documents = list(read_documents([path]))
-        sources.append({"path": str(path.resolve()), "sha256": _sha256(path),
-                        "documents": len(file_documents)})
-        documents.extend(file_documents)
-    if not documents:
-        raise DataError(f"corpus {', '.join(map(str, corpus))} has no documents")
-    train, val = split_documents(documents, validation_fraction, seed)
-
-    if tokenizer_path is None:
-        tokenizer = train_tokenizer((document.text for document in train), vocab_size)
-        tokenizer.save(str(root / TOKENIZER))
-    else:
-        tokenizer = load_tokenizer(tokenizer_path)
-        shutil.copyfile(tokenizer_path, root / TOKENIZER)
-
-    train_counts, train_languages = _write_split(root, TRAIN, train, tokenizer, seq_len,
-                                                 shard_bytes)
-    val_languages = {lang: _write_split(root, f"{VAL}/{lang}", docs, tokenizer, seq_len,
-                                        shard_bytes)[0]
-                     for lang, docs in val.items()}
-    splits = {TRAIN: {**train_counts, "languages": train_languages},
-              VAL: {**_sum(val_languages.values(), COUNTS + ("samples",)),
-                    "languages": val_languages}}
-
-    manifest = {
-        "format_version": FORMAT_VERSION,
-        "created_by": f"siyada {_version()}",
-        "seq_len": seq_len,
-        "vocab_size": tokenizer.get_vocab_size(),
-        "seed": seed,
-        "validation_fraction": validation_fraction,
-        "tokenizer": {"path": TOKENIZER, "sha256": _sha256(root / TOKENIZER),
-                      "special_tokens": SPECIAL_TOKENS},
-        "splits": splits,
-        "files": [{"path": path.relative_to(root).as_posix(), "bytes": path.stat().st_size,
-                   "sha256": _sha256(path)}
-                  for path in sorted(root.rglob("*")) if path.is_file()],
-        "sources": sources,
-    }
+def _build(config: Config, files: list[Path], root: Path) -> dict[str, Any]:
+    """Write the whole dataset into the (empty, temporary) folder `root`; returns the manifest."""
+    workers = config.data.prepare_workers or os.cpu_count() or 1
+    with _Workers(workers) as pool:
+        scan = _scan(config, files, pool, root / WORK)
+        tokenizer = _make_tokenizer(config, scan.tokenizer_sample, root / TOKENIZER)
+        counts = _write_streams(config, pool, scan.spills, root, _sha256(root / TOKENIZER))
+    shutil.rmtree(root / WORK)
+    manifest = _manifest(config, root, scan, counts, tokenizer.get_vocab_size())
     (root / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n",
                                  encoding="utf-8")
     return manifest
 
 
-def _write_split(root: Path, name: str, documents: list[Document], tokenizer: Tokenizer,
-                 seq_len: int, shard_bytes: int) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Tokenize and pack `documents` into MDS shards under root/name.
+# --- worker processes ------------------------------------------------------------------------
 
-    Returns the split's counts (with its path and number of samples) and the counts per language.
+class _Workers:
+    """Worker processes (none for one worker: all in this process) with an ordered map."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        # spawn, not fork: a fork would copy the parent's tokenizers thread pool (unsafe) and
+        # whatever memory the parent holds.
+        self._pool = (multiprocessing.get_context("spawn").Pool(count, _init_worker)
+                      if count > 1 else None)
+
+    def __enter__(self) -> _Workers:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._pool is not None:
+            self._pool.terminate()  # results are all consumed, or an error is on its way
+            self._pool.join()
+
+    def map(self, function: Callable[..., Any],
+            tasks: Iterable[tuple[Any, tuple]]) -> Iterator[tuple[Any, Any]]:
+        """(meta, function(*args)) for each (meta, args) in `tasks`, in order.
+
+        At most two tasks per worker are in flight, so memory stays bounded however large the
+        corpus (Pool.imap would read the whole input ahead).
+        """
+        if self._pool is None:
+            yield from ((meta, function(*args)) for meta, args in tasks)
+            return
+        pending: deque[tuple[Any, Any]] = deque()
+        for meta, args in tasks:
+            pending.append((meta, self._pool.apply_async(function, args)))
+            if len(pending) >= 2 * self.count:
+                meta, result = pending.popleft()
+                yield meta, result.get()
+        while pending:
+            meta, result = pending.popleft()
+            yield meta, result.get()
+
+
+def _init_worker() -> None:
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one process per core, not a thread pool each
+
+
+# --- pass 1: scan ----------------------------------------------------------------------------
+
+class _Spill:
+    """One stream's documents in a temporary file, back to back (UTF-8), and their lengths."""
+
+    def __init__(self, path: Path, lang: str, source: str) -> None:
+        self.path, self.lang, self.source = path, lang, source
+        self.lengths = array("Q")
+        self.moved_out: list[int] = []  # positions of documents moved to the other split
+        self._file = open(path, "wb", buffering=1 << 20)  # closed by close()
+
+    def extend(self, texts: list[bytes]) -> int:
+        """Append documents; returns the position of the first."""
+        self._file.write(b"".join(texts))
+        self.lengths.extend(map(len, texts))
+        return len(self.lengths) - len(texts)
+
+    def close(self) -> None:
+        self._file.close()
+
+    def documents(self) -> tuple[np.ndarray, np.ndarray]:
+        """(byte offsets, lengths) of the documents that stay in this stream."""
+        lengths = np.frombuffer(self.lengths, np.uint64).astype(np.int64)
+        offsets = np.cumsum(lengths) - lengths
+        keep = np.delete(np.arange(len(lengths)), self.moved_out)
+        return offsets[keep], lengths[keep]
+
+
+class _Scanned(NamedTuple):
+    """A worker's view of one piece of the corpus: one entry per document."""
+
+    langs: list[str]
+    sources: list[str]
+    texts: list[bytes]  # normalized UTF-8; b"" if blank
+    digests: list[bytes]  # exact-duplicate keys
+    keys: list[float]  # split keys
+    bands: np.ndarray | None  # near-duplicate band keys, [documents, bands]
+    problems: list[Problem]  # bad input
+
+
+@dataclasses.dataclass
+class _Scan:
+    spills: dict[str, _Spill]  # stream path ("train/<lang>/<source>", "val/<lang>") -> documents
+    tokenizer_sample: list[Document]
+    sources: list[dict[str, Any]]
+    filtered: dict[str, dict[str, int]]  # reason -> lang -> documents
+    skipped: dict[str, dict[str, Any]]
+
+
+def _scan(config: Config, files: list[Path], pool: _Workers, work: Path) -> _Scan:
+    """Pass 1: read, normalize, dedup and split every document; spill each to its stream."""
+    data = config.data
+    work.mkdir()
+    sources: list[dict[str, Any]] = []
+    bad = BadInput(data.on_bad_document)
+    dedup = Deduplicator(data.dedup, data.near_dup_threshold)
+    splitter = Splitter(data.validation_fraction)
+    sample = TokenizerSample(config.tokenizer.sample_bytes or None)
+    sampling = not config.tokenizer.path
+    spills: dict[str, _Spill] = {}
+    filtered: dict[str, Counter[str]] = {"empty": Counter(), "exact_duplicate": Counter(),
+                                         "near_duplicate": Counter()}
+
+    def stream(lang: str, source: str, held_out: bool) -> _Spill:
+        path = f"{VAL}/{lang}" if held_out else f"{TRAIN}/{lang}/{source}"
+        if path not in spills:
+            spills[path] = _Spill(work / f"{len(spills)}.bin", lang, source)
+        return spills[path]
+
+    def keep(lang: str, source: str, held_out: bool, texts: list[bytes],
+             keys: list[float]) -> None:
+        """Spill documents of one stream (in corpus order) and account for them."""
+        spill = stream(lang, source, held_out)
+        first = spill.extend(texts)
+        splitter.record(lang, held_out, keys, lambda i: Placed(keys[i], lang, source, texts[i],
+                                                               (spill, first + i)))
+        if sampling and not held_out:
+            for key, text in zip(keys, texts, strict=True):
+                sample.offer(key, lang, source, text)
+
+    near = data.near_dup_threshold if data.dedup == "near" else None
+    tasks = ((index, (piece, data, config.train.seed, near))
+             for index, piece in _pieces(files, data, sources))
+    with tqdm(desc="prepare: scan", unit=" docs", disable=None) as bar:
+        for index, scanned in pool.map(_scan_piece, tasks):
+            for problem in scanned.problems:
+                bad(problem, files[index])
+            sources[index]["documents"] += len(scanned.texts)
+            bar.update(len(scanned.texts))
+            # The one sequential decision per document: is it new? Then group by stream.
+            streams: dict[tuple[str, str, bool], list[int]] = defaultdict(list)
+            bands = [None] * len(scanned.texts) if scanned.bands is None else scanned.bands
+            for i, (lang, text, digest, band) in enumerate(zip(
+                    scanned.langs, scanned.texts, scanned.digests, bands, strict=True)):
+                if not text:
+                    filtered["empty"][lang] += 1
+                elif duplicate := dedup.duplicate(digest, band):
+                    filtered[f"{duplicate}_duplicate"][lang] += 1
+                else:
+                    streams[lang, scanned.sources[i], splitter.held_out(scanned.keys[i])].append(i)
+            for (lang, source, held_out), members in streams.items():
+                keep(lang, source, held_out, [scanned.texts[i] for i in members],
+                     [scanned.keys[i] for i in members])
+    bad.log_summary()
+
+    for placed, to_val in splitter.moves():
+        spill, position = placed.where
+        spill.moved_out.append(position)
+        stream(placed.lang, placed.source, to_val).extend([placed.text])
+        if sampling and to_val:
+            sample.discard(placed.key, placed.lang)
+        elif sampling:
+            sample.offer(placed.key, placed.lang, placed.source, placed.text)
+    for spill in spills.values():
+        spill.close()
+    if not any(path.startswith(f"{TRAIN}/") for path in spills):
+        raise DataError(f"corpus {data.corpus} has no documents left to train on (after "
+                        "skipping bad input, empty texts and duplicates)")
+    return _Scan(dict(sorted(spills.items())), sample.documents(), sources,
+                 {reason: dict(sorted(counts.items())) for reason, counts in filtered.items()},
+                 bad.summary())
+
+
+def _pieces(files: list[Path], data: DataConfig,
+            sources: list[dict[str, Any]]) -> Iterator[tuple[int, Piece]]:
+    """(file number, piece) for every piece of the corpus; records each file in `sources`."""
+    for index, path in enumerate(files):
+        sources.append({"path": str(path.resolve()), "bytes": path.stat().st_size,
+                        "sha256": _sha256(path), "documents": 0})
+        for piece in file_pieces(path, data):
+            yield index, piece
+
+
+def _scan_piece(piece: Piece, data: DataConfig, seed: int,
+                near_threshold: float | None) -> _Scanned:
+    """Worker: parse, normalize and fingerprint the documents of one piece."""
+    documents, problems = parse_piece(piece, data)
+    texts = [document.text for document in documents]
+    if data.normalize:
+        texts = [normalize_text(text) for text in texts]
+    texts = ["" if text.isspace() else text for text in texts]
+    digests = [content_digest(text) for text in texts]
+    bands = None
+    if near_threshold is not None and texts:
+        hasher = MinHasher(near_threshold)
+        bands = np.stack([hasher.band_keys(text) for text in texts])
+    return _Scanned([document.lang for document in documents],
+                    [document.source for document in documents],
+                    [text.encode("utf-8") for text in texts], digests,
+                    split_keys(digests, seed), bands, problems)
+
+
+# --- tokenizer -------------------------------------------------------------------------------
+
+def _make_tokenizer(config: Config, sample: list[Document], path: Path) -> Tokenizer:
+    """Train a tokenizer on `sample` (or copy `tokenizer.path`) and save it as `path`."""
+    if config.tokenizer.path:
+        tokenizer = load_tokenizer(config.tokenizer.path)
+        if tokenizer.get_vocab_size() > config.model.vocab_size:
+            raise DataError(f"{config.tokenizer.path}: tokenizer has "
+                            f"{tokenizer.get_vocab_size()} tokens but model.vocab_size="
+                            f"{config.model.vocab_size}; raise model.vocab_size or use another "
+                            "tokenizer")
+        shutil.copyfile(config.tokenizer.path, path)
+    else:
+        tokenizer = train_tokenizer(sample, config.model.vocab_size,
+                                    pretokenizer=config.tokenizer.pretokenizer,
+                                    language_temperature=config.tokenizer.language_temperature,
+                                    sample_bytes=config.tokenizer.sample_bytes or None,
+                                    seed=config.train.seed)
+        save_tokenizer(tokenizer, path)
+    return tokenizer
+
+
+# --- pass 2: tokenize, pack, write -----------------------------------------------------------
+
+def _write_streams(config: Config, pool: _Workers, spills: dict[str, _Spill], root: Path,
+                   tokenizer_sha: str) -> dict[str, dict[str, int]]:
+    """Pass 2: tokenize and pack every stream into MDS shards; returns the counts per stream."""
+    tasks = _encode_tasks(spills, config.train.seed, str(root / TOKENIZER), tokenizer_sha)
+    results = pool.map(_encode, tasks)
+    counts: dict[str, dict[str, int]] = {}
+    with tqdm(desc="prepare: tokenize", unit="B", unit_scale=True, disable=None) as bar:
+        for path, group in groupby(results, key=lambda result: result[0][0]):
+            counts[path] = dict.fromkeys(COUNTS, 0)
+            samples = _pack_stream(group, Packer(config.data.seq_len, PAD_ID), counts[path], bar)
+            counts[path]["samples"] = write_samples(root / path, samples, config.data.seq_len,
+                                                    int(config.data.shard_size_mb * 2**20))
+    return counts
+
+
+def _encode_tasks(spills: dict[str, _Spill], seed: int, tokenizer_file: str,
+                  tokenizer_sha: str) -> Iterator[tuple[tuple[str, int, int], tuple]]:
+    """((stream, documents, bytes), worker arguments) for each chunk of each stream, in order.
+
+    Each window of SHUFFLE_WINDOW_BYTES of a stream is shuffled (seeded): input files are
+    often sorted (by site, date, topic) and neighbours end up packed into one sample.
     """
-    token_lists = encode_documents(tokenizer, [document.text for document in documents])
-    languages: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(COUNTS, 0))
-    for document, token_list in zip(documents, token_lists, strict=True):
-        counts = languages[document.lang]
-        counts["documents"] += 1
-        counts["tokens"] += len(token_list)
-        counts["bytes"] += len(document.text.encode("utf-8"))  # for bits-per-byte
-    samples = write_samples(root / name, pack_documents(token_lists, seq_len, PAD_ID), seq_len,
-                            shard_bytes)
-    split = {"path": name, **_sum(languages.values(), COUNTS), "samples": samples}
-    return split, dict(sorted(languages.items()))
+    for path, spill in spills.items():
+        offsets, lengths = spill.documents()
+        for number, (start, end) in enumerate(_spans(lengths, SHUFFLE_WINDOW_BYTES)):
+            seed_bytes = hashlib.blake2b(f"{seed}/{path}/{number}".encode(), digest_size=8)
+            rng = np.random.default_rng(int.from_bytes(seed_bytes.digest(), "little"))
+            order = start + rng.permutation(end - start)
+            for first, last in _spans(lengths[order], TASK_BYTES):
+                chunk = order[first:last]
+                meta = (path, len(chunk), int(lengths[chunk].sum()))
+                yield meta, (str(spill.path), offsets[chunk], lengths[chunk], tokenizer_file,
+                             tokenizer_sha)
 
 
-def write_samples(split_dir: Path, samples: Iterable[tuple[np.ndarray, np.ndarray]],
-                  seq_len: int, shard_bytes: int = SHARD_BYTES) -> int:
-    """Write (tokens, doc_ids) samples as uncompressed MDS shards; returns how many.
-
-    index.json records each shard's sha256 (streaming checks copies against it). Uncompressed
-    because the loader reads shards in place: with compression streaming would
-    write decompressed copies into the dataset folder on first read.
-    """
-    sample_bytes = seq_len * (np.dtype(TOKEN_DTYPE).itemsize + np.dtype(DOC_ID_DTYPE).itemsize)
-    if shard_bytes < SHARD_HEADER_BYTES + sample_bytes:  # else MDS writes empty shards
-        raise DataError(f"shard_bytes {shard_bytes} cannot hold a {sample_bytes}-byte sample "
-                        f"plus the shard header; use at least {SHARD_HEADER_BYTES + sample_bytes}")
-    streaming = import_streaming()
-    columns = {"tokens": f"ndarray:{np.dtype(TOKEN_DTYPE).name}:{seq_len}",
-               "doc_ids": f"ndarray:{np.dtype(DOC_ID_DTYPE).name}:{seq_len}"}
-    count = 0
-    with streaming.MDSWriter(out=str(split_dir), columns=columns, compression=None,
-                             hashes=["sha256"], size_limit=shard_bytes) as writer:
-        for tokens, doc_ids in samples:
-            writer.write({"tokens": tokens, "doc_ids": doc_ids})
-            count += 1
-    return count
+def _spans(sizes: np.ndarray, limit: int) -> list[tuple[int, int]]:
+    """Consecutive (start, end) index ranges of `sizes` holding about `limit` each."""
+    buckets = (np.cumsum(sizes) - sizes) // limit  # where each item starts, in units of limit
+    bounds = [0, *(np.flatnonzero(np.diff(buckets)) + 1).tolist(), len(sizes)]
+    return [(start, end) for start, end in zip(bounds[:-1], bounds[1:], strict=True)
+            if end > start]
 
 
-def _sum(parts: Iterable[dict[str, Any]], keys: tuple[str, ...]) -> dict[str, int]:
+def _encode(spill_file: str, offsets: np.ndarray, lengths: np.ndarray, tokenizer_file: str,
+            tokenizer_sha: str) -> tuple[np.ndarray, np.ndarray]:
+    """Worker: ([BOS] text [EOS] token ids of the documents concatenated, tokens per document)."""
+    with open(spill_file, "rb") as handle, \
+            mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as spill:
+        texts = [spill[offset:offset + length].decode("utf-8")
+                 for offset, length in zip(offsets.tolist(), lengths.tolist(), strict=True)]
+    token_lists = encode_documents(_load_tokenizer(tokenizer_file, tokenizer_sha), texts)
+    counts = np.fromiter(map(len, token_lists), np.int64, len(token_lists))
+    tokens = np.fromiter(chain.from_iterable(token_lists), TOKEN_DTYPE, int(counts.sum()))
+    return tokens, counts
+
+
+@lru_cache(maxsize=1)
+def _load_tokenizer(path: str, sha256: str) -> Tokenizer:
+    """Each worker loads the tokenizer once; the sha256 in the key tells runs apart."""
+    return load_tokenizer(path)
+
+
+def _pack_stream(group: Iterable[tuple[tuple[str, int, int], tuple[np.ndarray, np.ndarray]]],
+                 packer: Packer, counts: dict[str, int], bar: tqdm) -> Iterator[Sample]:
+    for (_, documents, size), (tokens, lengths) in group:
+        counts["documents"] += documents
+        counts["bytes"] += size
+        counts["tokens"] += len(tokens)
+        bar.update(size)
+        yield from packer.add(tokens, lengths)
+    yield from packer.finish()
+
+
+# --- manifest --------------------------------------------------------------------------------
+
+def _total(parts: Iterable[dict[str, Any]]) -> dict[str, int]:
     parts = list(parts)
-    return {key: sum(part[key] for part in parts) for key in keys}
+    return {key: sum(part[key] for part in parts) for key in COUNTS}
+
+
+def _manifest(config: Config, root: Path, scan: _Scan, counts: dict[str, dict[str, int]],
+              vocab_size: int) -> dict[str, Any]:
+    """The manifest; `counts` has the streams that received documents, in path order."""
+    streams = [{"name": path.removeprefix(f"{TRAIN}/"), "path": path,
+                "lang": scan.spills[path].lang, "source": scan.spills[path].source, **stream}
+               for path, stream in counts.items() if path.startswith(f"{TRAIN}/")]
+    by_language: dict[str, list[dict]] = defaultdict(list)
+    for stream in streams:
+        by_language[stream["lang"]].append(stream)
+    val = {scan.spills[path].lang: {"path": path, **stream} for path, stream in counts.items()
+           if path.startswith(f"{VAL}/")}
+    data = {key: value for key, value in dataclasses.asdict(config.data).items()
+            if key not in NOT_RECORDED}
+    return {
+        "format_version": FORMAT_VERSION,
+        "created_by": f"siyada {_version()}",
+        "seq_len": config.data.seq_len,
+        "vocab_size": vocab_size,
+        "tokenizer": {"path": TOKENIZER, "sha256": _sha256(root / TOKENIZER),
+                      "special_tokens": SPECIAL_TOKENS},
+        "config": {"data": data, "tokenizer": dataclasses.asdict(config.tokenizer),
+                   "model": {"vocab_size": config.model.vocab_size},
+                   "train": {"seed": config.train.seed}},
+        "streams": streams,
+        "splits": {
+            TRAIN: {**_total(streams), "languages": {lang: _total(members) for lang, members
+                                                     in sorted(by_language.items())}},
+            VAL: {**_total(val.values()), "languages": val},
+        },
+        "filtered": scan.filtered,
+        "skipped": scan.skipped,
+        "sources": scan.sources,
+        "files": _file_entries(root),
+    }
+
+
+def _file_entries(root: Path) -> list[dict[str, Any]]:
+    """Path, size and sha256 of every file under `root`; shards' from their MDS index.json
+    (MDSWriter hashed them as it wrote them: no second read of the whole dataset)."""
+    known = {}
+    for index in root.rglob("index.json"):
+        for shard in json.loads(index.read_text(encoding="utf-8"))["shards"]:
+            raw = shard["raw_data"]
+            known[index.parent / raw["basename"]] = (raw["bytes"], raw["hashes"]["sha256"])
+    entries = []
+    for path in sorted(root.rglob("*")):
+        if path.is_file():
+            size, sha256 = known.get(path) or (path.stat().st_size, _sha256(path))
+            entries.append({"path": path.relative_to(root).as_posix(), "bytes": size,
+                            "sha256": sha256})
+    return entries
+
+
+# --- folders and upload ----------------------------------------------------------------------
+
+def _remove_leftovers(out_dir: Path) -> None:
+    """Remove the temporary folders of interrupted runs; refuse if their run is still alive."""
+    pattern = re.compile(rf"\.{re.escape(out_dir.name)}\.(?:partial|old)-(\d+)")
+    if not out_dir.parent.is_dir():
+        return
+    for folder in sorted(out_dir.parent.iterdir()):
+        match = pattern.fullmatch(folder.name)
+        if not match:
+            continue
+        pid = int(match[1])
+        if pid != os.getpid() and _alive(pid):
+            raise DataError(f"{folder}: another `pretrain prepare` (pid {pid}) is writing "
+                            f"{out_dir}; wait for it to finish or stop it (if process {pid} "
+                            "is something else, delete the folder)")
+        log.warning("removing %s, left by an interrupted `pretrain prepare`", folder)
+        shutil.rmtree(folder)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _replace_folder(new: Path, target: Path) -> None:
@@ -249,6 +526,42 @@ def _replace_folder(new: Path, target: Path) -> None:
         shutil.rmtree(old)
     else:
         os.replace(new, target)
+
+
+def upload_dataset(out_dir: Path, remote: str) -> None:
+    """Copy a prepared dataset to `remote`: an object-store URL that mosaicml-streaming can
+    write (s3://, gs://, oci://, azure://, ...; credentials come from the environment as for
+    streaming) or a plain path. manifest.json goes last, so a copy without it is incomplete.
+    """
+    names = [entry["path"] for entry in load_manifest(out_dir)["files"]] + [MANIFEST]
+    uploaders: dict[PurePosixPath, Any] = {}  # one per folder (a local remote needs its folders)
+    for name in map(PurePosixPath, names):
+        if name.parent not in uploaders:
+            where = remote.rstrip("/") + ("" if name.parent == PurePosixPath(".")
+                                          else f"/{name.parent}")
+            uploaders[name.parent] = _uploader(out_dir / name.parent, where)
+        try:
+            uploaders[name.parent].upload_file(name.name)
+        except Exception as error:  # each object store raises its own types
+            raise DataError(f"uploading {out_dir / name} to {remote} failed ({error}); the "
+                            "local dataset is complete: re-run `pretrain prepare`, or copy the "
+                            "folder yourself (manifest.json last)") from error
+
+
+def _uploader(local: Path, remote: str) -> Any:
+    """A mosaicml-streaming uploader from `local` to `remote` (checks the URL and credentials)."""
+    logger = logging.getLogger("streaming.base.storage.upload")
+    level = logger.level
+    logger.setLevel(logging.ERROR)  # it warns that `local` is not empty, which we know
+    try:
+        return import_streaming().base.storage.CloudUploader.get(
+            (str(local), remote), keep_local=True, exist_ok=True)
+    except Exception as error:  # each object store raises its own types
+        raise DataError(f"data.output={remote}: cannot upload there ({error}); use a plain "
+                        "path or an object-store URL (s3://, gs://, oci://, azure://, ...) with "
+                        "its credentials in the environment") from error
+    finally:
+        logger.setLevel(level)
 
 
 def _sha256(path: Path) -> str:
@@ -265,6 +578,8 @@ def _version() -> str:
     except (ImportError, AttributeError):
         return "0.1.0"
 
+
+# --- reading a prepared dataset --------------------------------------------------------------
 
 def load_manifest(out_dir: Path) -> dict[str, Any]:
     """The manifest of a prepared dataset; DataError if it is missing, corrupt or too old."""
@@ -303,3 +618,16 @@ def verify_dataset(out_dir: Path, checksums: bool = False) -> None:
             continue
         raise DataError(f"{path}: dataset file {problem} (corrupt or incomplete copy); "
                         f"{PREPARE_HINT}")
+
+
+def check_tokenizer(manifest: dict[str, Any], tokenizer_path: str | Path) -> None:
+    """DataError unless `tokenizer_path` is the very tokenizer the dataset was prepared with."""
+    path = Path(tokenizer_path)
+    if not path.is_file():
+        raise DataError(f"tokenizer file not found: {path}; fix tokenizer.path")
+    found, expected = _sha256(path), manifest["tokenizer"]["sha256"]
+    if found != expected:
+        raise DataError(f"{path}: sha256 {found[:12]}... differs from the tokenizer the dataset "
+                        f"was prepared with ({expected[:12]}...): its token ids would be "
+                        "misread. Re-run `pretrain prepare` with this tokenizer.path, or use "
+                        "the dataset's own tokenizer.json")
