@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from pretrain.errors import InputError
 from pretrain.fileio import atomic_write_json, atomic_write_text
 from pretrain.parallel.topology import Topology
 
@@ -33,7 +34,7 @@ LATEST = "latest"
 META = "meta.json"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(InputError, RuntimeError):
     """A checkpoint that cannot be trusted or loaded; the message names it."""
 
 

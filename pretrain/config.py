@@ -21,6 +21,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
+from pretrain.errors import InputError
+
 ATTENTION_IMPLS = ("eager", "sdpa", "triton", "flash_attn")
 NORM_IMPLS = ("torch", "triton")
 ENGINES = ("zero3", "pipeline")
@@ -31,7 +33,7 @@ SCHEDULES = ("cosine", "wsd", "constant")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError, ValueError):
     """A bad configuration value; the message names the key and what to do."""
 
 
@@ -87,9 +89,10 @@ class TokenizerConfig:
 class MixtureConfig:
     """How much each training stream (one per language/source) contributes.
 
-    Explicit `weights` (keys: a language like `ary_Latn` or a stream `ary_Latn/doda`) win;
-    languages without a weight share the rest by temperature: share ~ tokens^(1/T), so T=1
-    keeps natural proportions and larger T up-samples small languages.
+    Without `weights`, languages share by temperature: share ~ tokens^(1/T), so T=1 keeps
+    natural proportions and larger T up-samples small languages. With `weights` (keys: a
+    language like `ary_Latn` or a stream like `ary_Latn/doda`), every stream must be covered;
+    0 leaves one out. See pretrain/data/mixture.py.
     """
 
     temperature: float = 1.0

@@ -22,9 +22,15 @@ from tqdm import tqdm
 from pretrain import checkpoint
 from pretrain.config import Config, config_hash, to_yaml
 from pretrain.data import DataError
-from pretrain.data.corpus import resolve_corpus
 from pretrain.data.loader import build_train_loader
-from pretrain.data.prepare import dataset_is_ready, load_manifest, prepare_dataset
+from pretrain.data.mixture import describe_mixture, plan_mixture
+from pretrain.data.prepare import (
+    check_tokenizer,
+    dataset_is_ready,
+    load_manifest,
+    prepare_dataset,
+    verify_dataset,
+)
 from pretrain.fileio import atomic_write_json, atomic_write_text
 from pretrain.metrics import MetricsLogger, device_peak_flops, plot_loss_curve
 from pretrain.model import Transformer, causal_lm_loss, count_parameters, flops_per_token
@@ -60,12 +66,12 @@ def _ensure_dataset(config: Config, topology: Topology) -> dict:
     dataset_dir = config.dataset_dir
     if not config.data.dataset and topology.is_main and not dataset_is_ready(dataset_dir):
         print(f"[data] preparing {dataset_dir} from corpus '{config.data.corpus}'", flush=True)
-        prepare_dataset(resolve_corpus(config.data.corpus), dataset_dir,
-                        vocab_size=config.model.vocab_size, seq_len=config.data.seq_len,
-                        validation_fraction=config.data.validation_fraction,
-                        seed=config.train.seed)
+        prepare_dataset(config, dataset_dir)
     dist.barrier()
     manifest = load_manifest(dataset_dir)
+    verify_dataset(dataset_dir)  # sizes only: a truncated shard is named here, not mid-run
+    if config.tokenizer.path:
+        check_tokenizer(manifest, config.tokenizer.path)
     if manifest["seq_len"] != config.data.seq_len:
         raise DataError(f"{dataset_dir}: prepared with seq_len {manifest['seq_len']} but "
                         f"data.seq_len={config.data.seq_len}; re-run `pretrain prepare` or set "
@@ -116,7 +122,8 @@ def train(config: Config) -> TrainResult:
     loader = build_train_loader(config.dataset_dir, config.train.micro_batch_size,
                                 seed=config.train.seed, shuffle=config.data.shuffle,
                                 num_workers=config.data.num_workers,
-                                dp_rank=topology.rank % data_parallel, dp_world_size=data_parallel)
+                                dp_rank=topology.rank % data_parallel, dp_world_size=data_parallel,
+                                mixture=config.data.mixture)
 
     step, tokens_seen = 0, 0
     resumed = checkpoint.load(engine, run_dir, topology) if config.checkpoint.resume else None
@@ -133,6 +140,11 @@ def train(config: Config) -> TrainResult:
     peak = device_peak_flops(precision)
     stop_at = config.train.stop_at_step or config.train.max_steps
     if topology.is_main:
+        print("[data] training mixture at the planned budget of "
+              f"{tokens_per_step * config.train.max_steps:,} tokens:\n"
+              + describe_mixture(plan_mixture(manifest, config.data.mixture),
+                                 tokens_per_step * config.train.max_steps,
+                                 config.data.mixture.max_epochs), flush=True)
         print(f"[run] {run_dir} | {count_parameters(config.model):,} parameters | "
               f"{topology.world_size} rank(s), engine {config.parallel.engine}, ZeRO stage "
               f"{config.parallel.zero_stage}, {precision} on {device.type} | "

@@ -44,8 +44,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from pretrain.config import MixtureConfig
 from pretrain.data import DataError
-from pretrain.data.prepare import PREPARE_HINT, TRAIN
+from pretrain.data.mixture import plan_mixture
+from pretrain.data.prepare import PREPARE_HINT, load_manifest
 from pretrain.data.streaming_import import import_streaming
 from pretrain.data.tokenizer import PAD_ID
 
@@ -103,8 +105,9 @@ class DataParallelLoader(streaming.StreamingDataLoader):
 
 def build_train_loader(dataset_dir: Path, micro_batch_size: int, seed: int, shuffle: bool,
                        num_workers: int, dp_rank: int = 0, dp_world_size: int = 1,
+                       mixture: MixtureConfig | None = None,
                        cache_dir: Path | None = None) -> DataParallelLoader:
-    """Batches of the training split for data-parallel rank `dp_rank` of `dp_world_size`.
+    """Batches of the training streams, mixed per `mixture`, for data-parallel rank `dp_rank`.
 
     Shards are read in place, or, with `cache_dir` (e.g. a node-local disk when the dataset is
     on a shared file system), copied there first. Every batch has exactly `micro_batch_size`
@@ -113,23 +116,27 @@ def build_train_loader(dataset_dir: Path, micro_batch_size: int, seed: int, shuf
     exactly; load the state before iterating.
     """
     dataset_dir = Path(dataset_dir).resolve()
-    split_dir = _split_dir(dataset_dir / TRAIN)
-    where: dict[str, Any] = dict(local=str(split_dir), remote=None)
-    if cache_dir is not None:
-        # The index lists every shard's sha256: keying the cache by it means a re-prepared
-        # dataset never reuses stale cached shards, and copies are checked against it.
-        key = hashlib.sha256((split_dir / "index.json").read_bytes()).hexdigest()[:16]
-        where = dict(local=str(Path(cache_dir).resolve() / key / TRAIN), remote=str(split_dir),
-                     validate_hash="sha256")
+    plan = plan_mixture(load_manifest(dataset_dir), mixture or MixtureConfig())
+    streams = []
+    for share in plan:
+        split_dir = _split_dir(dataset_dir / share.path)
+        where: dict[str, Any] = dict(local=str(split_dir), remote=None)
+        if cache_dir is not None:
+            # The index lists every shard's sha256: keying the cache by it means a re-prepared
+            # dataset never reuses stale cached shards, and copies are checked against it.
+            key = hashlib.sha256((split_dir / "index.json").read_bytes()).hexdigest()[:16]
+            where = dict(local=str(Path(cache_dir).resolve() / key / share.path),
+                         remote=str(split_dir), validate_hash="sha256")
+        streams.append(streaming.Stream(**where, proportion=share.share))
     try:
         with _prefix_registration_lock():
-            dataset = DataParallelDataset(**where, shuffle=shuffle, shuffle_seed=seed,
+            dataset = DataParallelDataset(streams=streams, shuffle=shuffle, shuffle_seed=seed,
                                           batch_size=micro_batch_size, dp_rank=dp_rank,
                                           dp_world_size=dp_world_size)
     except ValueError as error:
         if "Reused local directory" not in str(error):  # streaming's words for a busy cache
             raise
-        raise DataError(f"{where['local']}: cache folder in use by another job on this machine "
+        raise DataError(f"{cache_dir}: cache folder in use by another job on this machine "
                         "(or by a killed one whose /dev/shm/<prefix>_locals block remains); "
                         "give this job another cache_dir") from None
     return DataParallelLoader(dataset, batch_size=micro_batch_size, collate_fn=collate,
