@@ -120,7 +120,7 @@ class DataConfig:
     near_dup_threshold: float = 0.8  # estimated Jaccard similarity of word 5-grams
     on_bad_document: str = "error"  # error: stop with the file and line; skip: count and log
     prepare_workers: int = 0  # tokenizing processes; 0 = one per CPU core
-    shard_size_mb: int = 64
+    shard_size_mb: float = 64.0
     output: str = ""  # also upload shards to this object-store URL (s3://, gs://, oci://, ...)
     mixture: MixtureConfig = field(default_factory=MixtureConfig)
 
