@@ -23,7 +23,7 @@ from pretrain import checkpoint
 from pretrain.config import Config, config_hash, to_yaml
 from pretrain.data import DataError
 from pretrain.data.loader import build_train_loader
-from pretrain.data.mixture import describe_mixture, plan_mixture
+from pretrain.data.mixture import describe_mixture
 from pretrain.data.prepare import (
     check_tokenizer,
     dataset_is_ready,
@@ -142,7 +142,7 @@ def train(config: Config) -> TrainResult:
     if topology.is_main:
         print("[data] training mixture at the planned budget of "
               f"{tokens_per_step * config.train.max_steps:,} tokens:\n"
-              + describe_mixture(plan_mixture(manifest, config.data.mixture),
+              + describe_mixture(loader.dataset.plan,
                                  tokens_per_step * config.train.max_steps,
                                  config.data.mixture.max_epochs), flush=True)
         print(f"[run] {run_dir} | {count_parameters(config.model):,} parameters | "

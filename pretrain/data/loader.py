@@ -46,7 +46,7 @@ import torch
 
 from pretrain.config import MixtureConfig
 from pretrain.data import DataError
-from pretrain.data.mixture import plan_mixture
+from pretrain.data.mixture import StreamShare, plan_mixture
 from pretrain.data.prepare import PREPARE_HINT, load_manifest
 from pretrain.data.streaming_import import import_streaming
 from pretrain.data.tokenizer import PAD_ID
@@ -77,13 +77,15 @@ def collate(samples: list[dict[str, np.ndarray]]) -> dict[str, torch.Tensor]:
 class DataParallelDataset(streaming.StreamingDataset):
     """A StreamingDataset that splits each epoch over the data-parallel group (module docstring)."""
 
-    def __init__(self, *, dp_rank: int, dp_world_size: int, **kwargs: Any) -> None:
+    def __init__(self, *, plan: list[StreamShare], dp_rank: int, dp_world_size: int,
+                 **kwargs: Any) -> None:
         if not 0 <= dp_rank < dp_world_size:
             raise ValueError(f"dp_rank {dp_rank} is not in [0, dp_world_size={dp_world_size})")
         super().__init__(**kwargs)
         if not hasattr(self, "_parallel_rank_world"):  # private API of mosaicml-streaming 0.13
             raise RuntimeError("this mosaicml-streaming version is not supported; install 0.13")
         self.dp_world_size = dp_world_size
+        self.plan = plan  # the mixture these streams were built from, for reports
         # One "node" holding the data-parallel ranks: the epoch order is a function of the seed,
         # the data-parallel size and the batch size only, not of the machine layout.
         self._parallel_rank_world = streaming.base.world.World(
@@ -130,7 +132,8 @@ def build_train_loader(dataset_dir: Path, micro_batch_size: int, seed: int, shuf
         streams.append(streaming.Stream(**where, proportion=share.share))
     try:
         with _prefix_registration_lock():
-            dataset = DataParallelDataset(streams=streams, shuffle=shuffle, shuffle_seed=seed,
+            dataset = DataParallelDataset(streams=streams, plan=plan, shuffle=shuffle,
+                                          shuffle_seed=seed,
                                           batch_size=micro_batch_size, dp_rank=dp_rank,
                                           dp_world_size=dp_world_size)
     except ValueError as error:

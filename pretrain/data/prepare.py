@@ -73,6 +73,7 @@ from pretrain.data.tokenizer import (
     save_tokenizer,
     train_tokenizer,
 )
+from pretrain.fileio import atomic_write_json
 
 FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
@@ -128,8 +129,7 @@ def _build(config: Config, files: list[Path], root: Path) -> dict[str, Any]:
         counts = _write_streams(config, pool, scan.spills, root, _sha256(root / TOKENIZER))
     shutil.rmtree(root / WORK)
     manifest = _manifest(config, root, scan, counts, tokenizer.get_vocab_size())
-    (root / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n",
-                                 encoding="utf-8")
+    atomic_write_json(root / MANIFEST, manifest)  # fsynced: its presence marks completion
     return manifest
 
 
