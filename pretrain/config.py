@@ -31,6 +31,8 @@ DEDUP_MODES = ("none", "exact", "near")
 BAD_DOCUMENT_POLICIES = ("error", "skip")
 SCHEDULES = ("cosine", "wsd", "constant")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+CHECKPOINT_MODES = ("none", "full", "selective")
+OFFLOAD_DEVICES = ("none", "cpu", "nvme")
 
 
 class ConfigError(InputError, ValueError):
@@ -127,10 +129,29 @@ class DataConfig:
 
 @dataclass
 class ParallelConfig:
+    """How the model is spread over ranks. See pretrain/parallel/ and the README.
+
+    `zero3`: pure data parallel, parameters, gradients and optimizer state sharded (ZeRO-3).
+    `pipeline`: the layers split into `pipeline_stages` stages (1F1B), times data parallel with
+    ZeRO-1. The number of data-parallel ranks is world size / pipeline_stages.
+    """
+
     engine: str = "zero3"
     pipeline_stages: int = 1
-    zero_stage: int = 3
-    activation_checkpointing: bool = False
+    zero_stage: int | None = None  # None: 3 for zero3, 1 for pipeline (its only working stage)
+    activation_checkpointing: str = "none"  # none | full | selective (per block)
+    offload_optimizer: str = "none"  # zero3 only: none | cpu | nvme (optimizer state + step)
+    offload_params: str = "none"  # zero3 only: none | cpu | nvme
+    nvme_path: str = ""  # local NVMe folder for nvme offload
+    # Communication sizes in elements; None derives them from model.d_model (ds_config.py).
+    reduce_bucket_size: int | None = None
+    prefetch_bucket_size: int | None = None
+    param_persistence_threshold: int | None = None
+
+    def resolved_zero_stage(self) -> int:
+        if self.zero_stage is not None:
+            return self.zero_stage
+        return 3 if self.engine == "zero3" else 1
 
 
 @dataclass
@@ -333,15 +354,32 @@ def validate(config: Config) -> None:
                  f"must not be negative, got {weight}")
     _require_choice(optim.schedule, "optim.schedule", SCHEDULES)
     _require_choice(train.precision, "train.precision", PRECISIONS)
-    _require(parallel.zero_stage in (0, 1, 2, 3), "parallel.zero_stage",
-             f"must be 0, 1, 2 or 3, got {parallel.zero_stage}")
+    _require(parallel.zero_stage in (None, 0, 1, 2, 3), "parallel.zero_stage",
+             f"must be 0, 1, 2, 3 or null (the engine's default), got {parallel.zero_stage}")
+    _require_choice(parallel.activation_checkpointing, "parallel.activation_checkpointing",
+                    CHECKPOINT_MODES)
+    _require_choice(parallel.offload_optimizer, "parallel.offload_optimizer", OFFLOAD_DEVICES)
+    _require_choice(parallel.offload_params, "parallel.offload_params", OFFLOAD_DEVICES)
     if parallel.engine == "zero3":
         _require(parallel.pipeline_stages == 1, "parallel.pipeline_stages",
                  "the zero3 engine is pure data parallel; set parallel.engine=pipeline to use "
                  "pipeline stages (DeepSpeed refuses ZeRO-2/3 with pipeline parallelism)")
+        _require(parallel.offload_params == "none" or parallel.resolved_zero_stage() == 3,
+                 "parallel.offload_params", "parameter offload needs ZeRO stage 3")
     else:
-        _require(parallel.zero_stage <= 1, "parallel.zero_stage",
-                 "DeepSpeed refuses ZeRO-2/3 with pipeline parallelism; use 0 or 1")
+        _require(parallel.resolved_zero_stage() <= 1, "parallel.zero_stage",
+                 "DeepSpeed refuses ZeRO-2/3 with pipeline parallelism; use 1 (or leave it "
+                 "unset)")
+        for key in ("offload_optimizer", "offload_params"):
+            _require(getattr(parallel, key) == "none", f"parallel.{key}",
+                     "offload is supported with the zero3 engine only")
+    if "nvme" in (parallel.offload_optimizer, parallel.offload_params):
+        _require(bool(parallel.nvme_path), "parallel.nvme_path",
+                 "nvme offload needs a local NVMe folder, e.g. parallel.nvme_path=/local_nvme")
+    for key in ("reduce_bucket_size", "prefetch_bucket_size", "param_persistence_threshold"):
+        value = getattr(parallel, key)
+        _require(value is None or value >= 0, f"parallel.{key}",
+                 f"must be a number of elements >= 0, or null to derive it, got {value}")
     _require(len(optim.betas) == 2 and all(0 <= b < 1 for b in optim.betas), "optim.betas",
              f"must be two numbers in [0, 1), got {list(optim.betas)}")
     _require(train.stop_at_step is None or 0 < train.stop_at_step <= train.max_steps,

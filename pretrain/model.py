@@ -3,20 +3,68 @@
 Parameter names are exactly those of Hugging Face `LlamaForCausalLM`, so exporting a checkpoint
 is a copy of the state dict. Packed sequences carry `doc_ids`: attention stays inside each
 document and rotary positions restart at every document start. The model is plain PyTorch; the
-parallel engines (pretrain/parallel/) wrap it.
+parallel engines (pretrain/parallel/) wrap it, and the pipeline engine rebuilds it from the
+same components.
+
+Every weight is drawn from a generator seeded by (seed, parameter name) in the constructor of
+the module that owns it. So the initial weights do not depend on construction order, on which
+pipeline stage builds a layer, or on `deepspeed.zero.Init` (which partitions each module as soon
+as its constructor returns): every engine and layout starts from the same model.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
 from kernels import reference
+from pretrain.activation_checkpointing import run_block
 from pretrain.config import ModelConfig
+
+
+def init_normal_(tensor: Tensor, std: float, seed: int, name: str) -> None:
+    """Fill tensor from N(0, std^2) with a generator seeded by (seed, name) alone."""
+    digest = hashlib.sha256(f"{seed}/{name}".encode()).digest()
+    generator = torch.Generator(device=tensor.device)
+    generator.manual_seed(int.from_bytes(digest[:8], "little") >> 1)  # manual_seed wants < 2^63
+    with torch.no_grad():
+        tensor.normal_(0.0, std, generator=generator)
+
+
+def residual_branch_std(cfg: ModelConfig) -> float:
+    """Init std of the projections that write into the residual stream (o_proj, down_proj).
+
+    Each layer adds two branches (attention, MLP) to the residual stream; shrinking their output
+    projections by 1/sqrt(2 * n_layers) keeps its variance independent of depth (GPT-2, OLMo).
+    """
+    return cfg.init_std / math.sqrt(2 * cfg.n_layers)
+
+
+class Linear(nn.Linear):
+    """A bias-free linear layer initialised from (seed, its parameter name)."""
+
+    def __init__(self, d_in: int, d_out: int, *, std: float, seed: int, name: str) -> None:
+        # Set before nn.Linear.__init__, which calls reset_parameters.
+        self.init_std, self.init_seed, self.weight_name = std, seed, f"{name}.weight"
+        super().__init__(d_in, d_out, bias=False)
+
+    def reset_parameters(self) -> None:
+        init_normal_(self.weight, self.init_std, self.init_seed, self.weight_name)
+
+
+class Embedding(nn.Embedding):
+    """Token embedding initialised from (seed, its parameter name)."""
+
+    def __init__(self, vocab_size: int, dim: int, *, std: float, seed: int, name: str) -> None:
+        self.init_std, self.init_seed, self.weight_name = std, seed, f"{name}.weight"
+        super().__init__(vocab_size, dim)
+
+    def reset_parameters(self) -> None:
+        init_normal_(self.weight, self.init_std, self.init_seed, self.weight_name)
 
 
 class RMSNorm(nn.Module):
@@ -31,6 +79,20 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return reference.rms_norm(x, self.weight, self.eps)
+
+
+def rotary_tables(cfg: ModelConfig, tokens: Tensor, doc_ids: Tensor | None,
+                  dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """cos and sin for a batch; positions restart at every document.
+
+    tokens: any [B, T] tensor of the batch (its shape and device are used).
+    """
+    batch, length = tokens.shape
+    if doc_ids is None:
+        positions = torch.arange(length, device=tokens.device).expand(batch, length)
+    else:
+        positions = reference.positions_from_doc_ids(doc_ids)
+    return rotary_cos_sin(positions, cfg.head_dim, cfg.rope_theta, dtype)
 
 
 def rotary_cos_sin(positions: Tensor, head_dim: int, theta: float,
@@ -56,7 +118,7 @@ def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 
 
 class Attention(nn.Module):
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, seed: int, name: str) -> None:
         super().__init__()
         if cfg.attention_impl not in ("eager", "sdpa"):
             raise NotImplementedError(
@@ -65,10 +127,13 @@ class Attention(nn.Module):
                 "or eager")
         self.impl = cfg.attention_impl
         self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.kv_heads, cfg.head_dim
-        self.q_proj = nn.Linear(cfg.d_model, self.n_heads * self.head_dim, bias=False)
-        self.k_proj = nn.Linear(cfg.d_model, self.n_kv_heads * self.head_dim, bias=False)
-        self.v_proj = nn.Linear(cfg.d_model, self.n_kv_heads * self.head_dim, bias=False)
-        self.o_proj = nn.Linear(self.n_heads * self.head_dim, cfg.d_model, bias=False)
+        std = cfg.init_std
+        q_dim, kv_dim = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
+        self.q_proj = Linear(cfg.d_model, q_dim, std=std, seed=seed, name=f"{name}.q_proj")
+        self.k_proj = Linear(cfg.d_model, kv_dim, std=std, seed=seed, name=f"{name}.k_proj")
+        self.v_proj = Linear(cfg.d_model, kv_dim, std=std, seed=seed, name=f"{name}.v_proj")
+        self.o_proj = Linear(q_dim, cfg.d_model, std=residual_branch_std(cfg), seed=seed,
+                             name=f"{name}.o_proj")
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, doc_ids: Tensor | None) -> Tensor:
         batch, length, _ = x.shape
@@ -95,25 +160,28 @@ class Attention(nn.Module):
 class MLP(nn.Module):
     """SwiGLU feed-forward: down(silu(gate(x)) * up(x))."""
 
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, seed: int, name: str) -> None:
         super().__init__()
-        self.gate_proj = nn.Linear(cfg.d_model, cfg.ffn_dim, bias=False)
-        self.up_proj = nn.Linear(cfg.d_model, cfg.ffn_dim, bias=False)
-        self.down_proj = nn.Linear(cfg.ffn_dim, cfg.d_model, bias=False)
+        d, ffn, std = cfg.d_model, cfg.ffn_dim, cfg.init_std
+        self.gate_proj = Linear(d, ffn, std=std, seed=seed, name=f"{name}.gate_proj")
+        self.up_proj = Linear(d, ffn, std=std, seed=seed, name=f"{name}.up_proj")
+        self.down_proj = Linear(ffn, d, std=residual_branch_std(cfg), seed=seed,
+                                name=f"{name}.down_proj")
 
     def forward(self, x: Tensor) -> Tensor:
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
 class Block(nn.Module):
-    """One pre-norm decoder layer (HF `LlamaDecoderLayer`)."""
+    """One pre-norm decoder layer (HF `LlamaDecoderLayer`), number `index` in the stack."""
 
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, index: int, seed: int) -> None:
         super().__init__()
+        name = f"model.layers.{index}"
         self.input_layernorm = RMSNorm(cfg.d_model, cfg.norm_eps, cfg.norm_impl)
-        self.self_attn = Attention(cfg)
+        self.self_attn = Attention(cfg, seed, f"{name}.self_attn")
         self.post_attention_layernorm = RMSNorm(cfg.d_model, cfg.norm_eps, cfg.norm_impl)
-        self.mlp = MLP(cfg)
+        self.mlp = MLP(cfg, seed, f"{name}.mlp")
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, doc_ids: Tensor | None) -> Tensor:
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, doc_ids)
@@ -121,39 +189,29 @@ class Block(nn.Module):
 
 
 class Transformer(nn.Module):
-    """Decoder-only language model; `model.*` and `lm_head` mirror HF `LlamaForCausalLM`."""
+    """Decoder-only language model; `model.*` and `lm_head` mirror HF `LlamaForCausalLM`.
 
-    def __init__(self, cfg: ModelConfig, activation_checkpointing: bool = False) -> None:
+    init_seed: the seed of the initial weights (see the module docstring).
+    activation_checkpointing: none | full | selective, per block, while training
+    (pretrain/activation_checkpointing.py).
+    """
+
+    def __init__(self, cfg: ModelConfig, init_seed: int = 0,
+                 activation_checkpointing: str = "none") -> None:
         super().__init__()
         self.cfg = cfg
         self.activation_checkpointing = activation_checkpointing
         self.model = nn.ModuleDict(dict(
-            embed_tokens=nn.Embedding(cfg.vocab_size, cfg.d_model),
-            layers=nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers)),
+            embed_tokens=Embedding(cfg.vocab_size, cfg.d_model, std=cfg.init_std,
+                                   seed=init_seed, name="model.embed_tokens"),
+            layers=nn.ModuleList(Block(cfg, index, init_seed) for index in range(cfg.n_layers)),
             norm=RMSNorm(cfg.d_model, cfg.norm_eps, cfg.norm_impl),
         ))
-        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.lm_head = Linear(cfg.d_model, cfg.vocab_size, std=cfg.init_std, seed=init_seed,
+                              name="lm_head")
         if cfg.tie_embeddings:
             # One tensor under two names: parameters() yields it once, as model.embed_tokens.
             self.lm_head.weight = self.model.embed_tokens.weight
-        self.init_weights()
-
-    @torch.no_grad()
-    def init_weights(self) -> None:
-        """Normal(0, init_std) weights; residual-branch outputs scaled by 1/sqrt(2 * n_layers).
-
-        Each layer adds two branches (attention, MLP) to the residual stream; shrinking their
-        output projections keeps its variance independent of depth (GPT-2, OLMo).
-        """
-        std = self.cfg.init_std
-        branch_out_std = std / math.sqrt(2 * self.cfg.n_layers)
-        for name, param in self.named_parameters():
-            if name.endswith("norm.weight"):
-                nn.init.ones_(param)
-            elif name.endswith(("o_proj.weight", "down_proj.weight")):
-                nn.init.normal_(param, mean=0.0, std=branch_out_std)
-            else:
-                nn.init.normal_(param, mean=0.0, std=std)
 
     def num_parameters(self) -> int:
         """Parameters actually held (a tied embedding counted once)."""
@@ -164,37 +222,30 @@ class Transformer(nn.Module):
 
         doc_ids [B, T] marks the documents packed into each row (None: one document per row).
         """
-        batch, length = input_ids.shape
-        if doc_ids is None:
-            positions = torch.arange(length, device=input_ids.device).expand(batch, length)
-        else:
-            positions = reference.positions_from_doc_ids(doc_ids)
         x = self.model.embed_tokens(input_ids)
-        cos, sin = rotary_cos_sin(positions, self.cfg.head_dim, self.cfg.rope_theta, x.dtype)
+        cos, sin = rotary_tables(self.cfg, input_ids, doc_ids, x.dtype)
+        checkpointing = self.activation_checkpointing if self.training else "none"
         for layer in self.model.layers:
-            if self.activation_checkpointing and self.training:
-                # Keep only each block's input; recompute its activations during backward.
-                x = checkpoint(layer, x, cos, sin, doc_ids, use_reentrant=False)
-            else:
-                x = layer(x, cos, sin, doc_ids)
+            x = run_block(layer, checkpointing, x, cos, sin, doc_ids)
         return self.lm_head(self.model.norm(x)).float()
 
 
 def causal_lm_loss(logits: Tensor, labels: Tensor, z_loss: float = 0.0) -> tuple[Tensor, Tensor]:
-    """Returns (loss to optimise, plain cross-entropy), both averaged over non-ignored targets.
+    """Returns (loss to optimise, plain cross-entropy), both SUMMED over non-ignored targets.
 
-    labels [B, T] are already shifted (labels[t] is the token predicted at position t); -100 is
-    ignored. z_loss adds z_loss * mean(logsumexp(logits)^2), which keeps the softmax normaliser
-    near 1 and the logits from drifting (PaLM).
+    Sums, not means: the engines divide by the number of targets in the whole global batch, so
+    a step on many ranks and micro-batches equals one step on a single process
+    (pretrain/parallel/engine.py). labels [B, T] are already shifted (labels[t] is the token
+    predicted at position t); -100 is ignored. z_loss adds z_loss * logsumexp(logits)^2 per
+    target, which keeps the softmax normaliser near 1 and the logits from drifting (PaLM).
     """
     logits, labels = logits.float().flatten(0, -2), labels.flatten()
-    cross_entropy = F.cross_entropy(logits, labels, ignore_index=-100)
+    cross_entropy = F.cross_entropy(logits, labels, ignore_index=-100, reduction="sum")
     if not z_loss:
         return cross_entropy, cross_entropy
     keep = labels != -100
-    # A masked mean rather than boolean indexing: no device-to-host sync.
-    log_z = torch.logsumexp(logits, dim=-1)
-    z_term = (log_z.square() * keep).sum() / keep.sum()
+    # A masked sum rather than boolean indexing: no device-to-host sync.
+    z_term = (torch.logsumexp(logits, dim=-1).square() * keep).sum()
     return cross_entropy + z_loss * z_term, cross_entropy
 
 

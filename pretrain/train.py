@@ -13,6 +13,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,10 +34,10 @@ from pretrain.data.prepare import (
 )
 from pretrain.fileio import atomic_write_json, atomic_write_text
 from pretrain.metrics import MetricsLogger, device_peak_flops, plot_loss_curve
-from pretrain.model import Transformer, causal_lm_loss, count_parameters, flops_per_token
-from pretrain.parallel.topology import Topology, init_distributed
-from pretrain.parallel.zero import build_optimizer, deepspeed_config, resolve_precision
-from pretrain.schedule import lr_multiplier
+from pretrain.model import count_parameters, flops_per_token
+from pretrain.parallel.ds_config import resolve_precision
+from pretrain.parallel.engine import MicroBatch, build_engine
+from pretrain.parallel.topology import Topology, init_distributed, make_layout
 
 
 @dataclass
@@ -87,15 +88,27 @@ def _write_run_files(config: Config, ds_config: dict) -> None:
     atomic_write_json(config.run_dir / "deepspeed_config.json", ds_config)
 
 
-def _mean_over_ranks(value: float, device: torch.device) -> float:
-    tensor = torch.tensor([value], dtype=torch.float64, device=device)
-    dist.all_reduce(tensor)
-    return tensor.item() / dist.get_world_size()
+class _Batches:
+    """Endless micro-batches from the loader, moved to the device; a new epoch starts as needed
+    (mosaicml-streaming reshuffles it)."""
+
+    def __init__(self, loader: Any, device: torch.device) -> None:
+        self.loader, self.device = loader, device
+        self.iterator = iter(loader)
+
+    def take(self, count: int) -> list[MicroBatch]:
+        return [self._next() for _ in range(count)]
+
+    def _next(self) -> MicroBatch:
+        try:
+            batch = next(self.iterator)
+        except StopIteration:
+            self.iterator = iter(self.loader)
+            batch = next(self.iterator)
+        return {name: tensor.to(self.device) for name, tensor in batch.items()}
 
 
 def train(config: Config) -> TrainResult:
-    import deepspeed
-
     _quiet_libraries()
     topology = init_distributed()
     run_dir = config.run_dir
@@ -107,26 +120,24 @@ def train(config: Config) -> TrainResult:
     precision = resolve_precision(config.train.precision)
     device = torch.device("cuda", topology.local_rank) if torch.cuda.is_available() else \
         torch.device("cpu")
-    model = Transformer(config.model,
-                        activation_checkpointing=config.parallel.activation_checkpointing)
-    optimizer = build_optimizer(model, config)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lr_multiplier(config.optim, config.train.max_steps))
-    ds_config = deepspeed_config(config, topology, precision)
-    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer,
-                                           lr_scheduler=scheduler, config=ds_config)
+    layout = make_layout(topology.world_size, config.parallel.pipeline_stages,
+                         config.model.n_layers)
     if topology.is_main:
-        _write_run_files(config, ds_config)
+        print(f"[parallel] engine {config.parallel.engine}, {layout.describe()}", flush=True)
+    engine = build_engine(config, layout, precision)
+    if topology.is_main:
+        _write_run_files(config, engine.ds_config)
 
-    data_parallel = topology.world_size // config.parallel.pipeline_stages
     loader = build_train_loader(config.dataset_dir, config.train.micro_batch_size,
                                 seed=config.train.seed, shuffle=config.data.shuffle,
                                 num_workers=config.data.num_workers,
-                                dp_rank=topology.rank % data_parallel, dp_world_size=data_parallel,
+                                dp_rank=layout.data_rank_of(topology.rank),
+                                dp_world_size=layout.data_parallel,
                                 mixture=config.data.mixture)
 
     step, tokens_seen = 0, 0
-    resumed = checkpoint.load(engine, run_dir, topology) if config.checkpoint.resume else None
+    resumed = (checkpoint.load(engine.deepspeed, run_dir, topology)
+               if config.checkpoint.resume else None)
     if resumed is not None:
         step, tokens_seen = resumed["step"], resumed["tokens_seen"]
         loader.load_state_dict(resumed["loader"])
@@ -135,7 +146,7 @@ def train(config: Config) -> TrainResult:
                   flush=True)
 
     tokens_per_step = (config.data.seq_len * config.train.micro_batch_size
-                       * config.train.grad_accum_steps * data_parallel)
+                       * config.train.grad_accum_steps * layout.data_parallel)
     flops_per_step = flops_per_token(config.model, config.data.seq_len) * tokens_per_step
     peak = device_peak_flops(precision)
     stop_at = config.train.stop_at_step or config.train.max_steps
@@ -147,7 +158,7 @@ def train(config: Config) -> TrainResult:
                                  config.data.mixture.max_epochs), flush=True)
         print(f"[run] {run_dir} | {count_parameters(config.model):,} parameters | "
               f"{topology.world_size} rank(s), engine {config.parallel.engine}, ZeRO stage "
-              f"{config.parallel.zero_stage}, {precision} on {device.type} | "
+              f"{config.parallel.resolved_zero_stage()}, {precision} on {device.type} | "
               f"{tokens_per_step:,} tokens/step | dataset {manifest['splits']['train']['tokens']:,}"
               " tokens", flush=True)
 
@@ -160,36 +171,22 @@ def train(config: Config) -> TrainResult:
     metrics = MetricsLogger(run_dir, topology.is_main, config.logging.tensorboard, step)
     progress = tqdm(total=stop_at, initial=step, desc="train", dynamic_ncols=True,
                     disable=not (topology.is_main and config.logging.progress_bar))
-    batches = iter(loader)
+    batches = _Batches(loader, device)
     last_saved, loss_value = None, math.nan
-    engine.train()
+    engine.deepspeed.train()
     while step < stop_at:
         started = time.perf_counter()
-        micro_losses = []
-        for _ in range(config.train.grad_accum_steps):
-            try:
-                batch = next(batches)
-            except StopIteration:  # end of an epoch: streaming reshuffles for the next one
-                batches = iter(loader)
-                batch = next(batches)
-            batch = {name: tensor.to(device) for name, tensor in batch.items()}
-            logits = engine(batch["input_ids"], batch["doc_ids"])
-            loss, cross_entropy = causal_lm_loss(logits, batch["labels"], config.optim.z_loss)
-            engine.backward(loss)
-            engine.step()
-            micro_losses.append(cross_entropy.item())
+        loss_value = engine.train_step(batches.take(config.train.grad_accum_steps))
         step += 1
         tokens_seen += tokens_per_step
-        loss_value = _mean_over_ranks(sum(micro_losses) / len(micro_losses), device)
         elapsed = time.perf_counter() - started
         progress.update(1)
         progress.set_postfix(loss=f"{loss_value:.3f}")
 
         if step % config.logging.log_interval == 0 or step == stop_at:
-            grad_norm = engine.get_global_grad_norm()
-            row = {"loss": loss_value, "lr": scheduler.get_last_lr()[0],
-                   "grad_norm": float(grad_norm) if grad_norm is not None else math.nan,
-                   "tokens_per_s": tokens_per_step / elapsed, "tokens_seen": tokens_seen}
+            row = {"loss": loss_value, "lr": engine.learning_rate(),
+                   "grad_norm": engine.grad_norm(), "tokens_per_s": tokens_per_step / elapsed,
+                   "tokens_seen": tokens_seen}
             if peak:
                 row["mfu"] = flops_per_step / elapsed / (peak * topology.world_size)
             metrics.log(step, row)
@@ -200,7 +197,7 @@ def train(config: Config) -> TrainResult:
         if step % config.checkpoint.interval == 0 or step == stop_at:
             client_state = {"step": step, "tokens_seen": tokens_seen,
                             "loader": loader.state_dict(), "config_hash": config_hash(config)}
-            last_saved = checkpoint.save(engine, run_dir, step, client_state, topology)
+            last_saved = checkpoint.save(engine.deepspeed, run_dir, step, client_state, topology)
     progress.close()
     metrics.close()
 

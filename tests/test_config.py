@@ -24,7 +24,7 @@ def test_demo_config_loads_from_the_package():
     assert demo_config_path().is_file()
     assert config.run.name == "demo"
     assert config.data.corpus == "sample"
-    assert config.parallel.engine == "zero3" and config.parallel.zero_stage == 3
+    assert config.parallel.engine == "zero3" and config.parallel.resolved_zero_stage() == 3
 
 
 def test_every_bundled_config_is_valid():
@@ -76,12 +76,27 @@ def test_bad_overrides_name_the_key(override, expected):
         load_config(None, [override])
 
 
-def test_pipeline_engine_refuses_zero3():
+def test_pipeline_engine_refuses_zero3_and_defaults_to_zero1():
     with pytest.raises(ConfigError, match="parallel.zero_stage"):
-        load_config(None, ["parallel.engine=pipeline", "parallel.pipeline_stages=2"])
-    config = load_config(None, ["parallel.engine=pipeline", "parallel.pipeline_stages=2",
-                                "parallel.zero_stage=1"])
+        load_config(None, ["parallel.engine=pipeline", "parallel.pipeline_stages=2",
+                           "parallel.zero_stage=3"])
+    config = load_config(None, ["parallel.engine=pipeline", "parallel.pipeline_stages=2"])
     assert config.parallel.pipeline_stages == 2
+    assert config.parallel.resolved_zero_stage() == 1
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    (["parallel.activation_checkpointing=true"], r"'parallel.activation_checkpointing'.*none"),
+    (["parallel.offload_optimizer=disk"], r"'parallel.offload_optimizer'.*not one of none"),
+    (["parallel.offload_optimizer=nvme"], r"'parallel.nvme_path'"),
+    (["parallel.engine=pipeline", "parallel.offload_optimizer=cpu"],
+     r"'parallel.offload_optimizer'.*zero3 engine only"),
+    (["parallel.zero_stage=1", "parallel.offload_params=cpu"], r"'parallel.offload_params'"),
+    (["parallel.reduce_bucket_size=-1"], r"'parallel.reduce_bucket_size'"),
+])
+def test_bad_parallel_settings_name_the_key(overrides, expected):
+    with pytest.raises(ConfigError, match=expected):
+        load_config(None, overrides)
 
 
 def test_bad_files_are_named(tmp_path):

@@ -1,56 +1,42 @@
-"""The `zero3` engine: pure data parallelism with ZeRO-sharded parameters, grads and optimizer.
+"""The `zero3` engine: pure data parallelism, parameters, gradients and optimizer state sharded.
 
-Nobody writes DeepSpeed JSON by hand: `deepspeed_config` derives it from our config, and the
-training loop saves it in the run directory for inspection.
+The model is built under `deepspeed.zero.Init`: each module's parameters are partitioned over
+the data-parallel ranks as soon as its constructor returns, so a model larger than one device
+never exists whole anywhere (the weights are still those of a plain `Transformer`: see the
+name-seeded init in pretrain/model.py). ZeRO-3 then gathers each layer's parameters just before
+it runs (prefetching the next ones), reduce-scatters its gradients during the backward pass, and
+each rank updates only its shard. Optimizer state (and parameters) can be offloaded to CPU or
+NVMe (`parallel.offload_*`). Sizes of the communication buckets: pretrain/parallel/ds_config.py.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
-import torch
-
 from pretrain.config import Config
-from pretrain.parallel.topology import Topology
-
-# Effectively "never": we print our own logs; DeepSpeed's periodic prints would duplicate them.
-_NO_DEEPSPEED_PRINTS = 2**31 - 1
-
-
-def resolve_precision(requested: str) -> str:
-    """`auto` is bf16 on a GPU that supports it, fp32 elsewhere (CPU bf16 is slow and lossy)."""
-    if requested != "auto":
-        return requested
-    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
+from pretrain.model import Transformer, causal_lm_loss
+from pretrain.parallel.ds_config import deepspeed_config
+from pretrain.parallel.engine import Engine, MicroBatch, global_mean, global_target_count
+from pretrain.parallel.topology import ParallelLayout
 
 
-def deepspeed_config(config: Config, topology: Topology, precision: str) -> dict[str, Any]:
-    train = config.train
-    data_parallel = topology.world_size // config.parallel.pipeline_stages
-    return {
-        "train_batch_size": train.micro_batch_size * train.grad_accum_steps * data_parallel,
-        "train_micro_batch_size_per_gpu": train.micro_batch_size,
-        "gradient_accumulation_steps": train.grad_accum_steps,
-        "gradient_clipping": config.optim.grad_clip,
-        "zero_optimization": {
-            "stage": config.parallel.zero_stage,
-            "overlap_comm": True,
-            "contiguous_gradients": True,
-        },
-        "bf16": {"enabled": precision == "bf16"},
-        "fp16": {"enabled": precision == "fp16"},
-        "steps_per_print": _NO_DEEPSPEED_PRINTS,
-        "wall_clock_breakdown": False,
-    }
+class ZeroEngine(Engine):
+    def __init__(self, config: Config, layout: ParallelLayout, precision: str) -> None:
+        import deepspeed
 
+        ds_config = deepspeed_config(config, layout, precision)
+        sharded = config.parallel.resolved_zero_stage() == 3
+        with deepspeed.zero.Init(config_dict_or_path=ds_config, enabled=sharded):
+            model = Transformer(config.model, init_seed=config.train.seed,
+                                activation_checkpointing=config.parallel.activation_checkpointing)
+        super().__init__(model, config, layout, ds_config)
 
-def build_optimizer(model: torch.nn.Module, config: Config) -> torch.optim.Optimizer:
-    """AdamW with weight decay on matrices only (norm weights are not decayed)."""
-    matrices = [p for p in model.parameters() if p.ndim >= 2]
-    vectors = [p for p in model.parameters() if p.ndim < 2]
-    optim = config.optim
-    return torch.optim.AdamW(
-        [{"params": matrices, "weight_decay": optim.weight_decay},
-         {"params": vectors, "weight_decay": 0.0}],
-        lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps,
-    )
+    def train_step(self, micro_batches: list[MicroBatch]) -> float:
+        targets = global_target_count(micro_batches, self.layout)
+        weight = self.loss_weight(targets)
+        cross_entropy_sum = 0.0
+        for batch in micro_batches:
+            logits = self.deepspeed(batch["input_ids"], batch["doc_ids"])
+            objective, cross_entropy = causal_lm_loss(logits, batch["labels"], self.z_loss)
+            self.deepspeed.backward(objective * weight)
+            self.deepspeed.step()  # DeepSpeed steps the optimizer after the last micro-batch
+            cross_entropy_sum += cross_entropy.item()
+        return global_mean(cross_entropy_sum, targets)
