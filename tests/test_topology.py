@@ -54,7 +54,8 @@ def test_expand_hostlist_rejects_malformed(nodelist: str) -> None:
 LAUNCHER_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR",
                  "MASTER_PORT", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID",
                  "SLURM_NTASKS_PER_NODE", "SLURM_JOB_ID", "SLURM_JOB_NODELIST", "SLURM_NODELIST",
-                 "SLURM_STEP_NODELIST")
+                 "SLURM_STEP_NODELIST", "SLURM_STEP_TASKS_PER_NODE", "SLURM_TASKS_PER_NODE",
+                 "SLURM_NODEID")
 
 
 @pytest.fixture
@@ -71,7 +72,8 @@ def _srun(env: pytest.MonkeyPatch, procid: int, job_id: str = "123456",
     env.setenv("SLURM_PROCID", str(procid))
     env.setenv("SLURM_NTASKS", "8")
     env.setenv("SLURM_LOCALID", str(procid % 4))
-    env.setenv("SLURM_NTASKS_PER_NODE", "4")
+    env.setenv("SLURM_STEP_TASKS_PER_NODE", "4(x2)")
+    env.setenv("SLURM_NODEID", str(procid // 4))
     env.setenv("SLURM_JOB_ID", job_id)
     env.setenv("SLURM_JOB_NODELIST", nodelist)
 
@@ -90,6 +92,20 @@ def test_srun_tasks_agree_on_rendezvous(env: pytest.MonkeyPatch) -> None:
         assert rendezvous["LOCAL_WORLD_SIZE"] == "4"
         seen.append((rendezvous["MASTER_ADDR"], rendezvous["MASTER_PORT"]))
     assert seen[0] == seen[1] == ("gpu007", str(20000 + 123456 % 10000))
+
+
+def test_uneven_tasks_per_node_give_each_node_its_own_local_world(
+        env: pytest.MonkeyPatch) -> None:
+    # 10 tasks on 3 nodes: srun places 4, 4 and 2 (without --ntasks-per-node).
+    env.setenv("SLURM_NTASKS", "10")
+    env.setenv("SLURM_STEP_TASKS_PER_NODE", "4(x2),2")
+    for node, procid, expected in ((0, 1, 4), (1, 6, 4), (2, 9, 2)):
+        env.setenv("SLURM_PROCID", str(procid))
+        env.setenv("SLURM_NODEID", str(node))
+        assert topology_from_env().local_world_size == expected
+    env.setenv("SLURM_STEP_TASKS_PER_NODE", "four")
+    with pytest.raises(ValueError, match="SLURM_STEP_TASKS_PER_NODE"):
+        topology_from_env()
 
 
 def test_slurm_port_depends_on_job(env: pytest.MonkeyPatch) -> None:

@@ -4,44 +4,19 @@ Each run is its own process, as a restarted job would be.
 """
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from cli_runs import TINY, losses, ok, prepare_dataset, pretrain
 
 from pretrain.checkpoint import LATEST, checkpoint_root, find_resumable
 from pretrain.metrics import read_metrics
-
-# A model small enough that 40 steps take seconds on one CPU core.
-TINY = ["model.vocab_size=1024", "model.d_model=64", "model.n_layers=2", "model.n_heads=4",
-        "model.n_kv_heads=2", "data.seq_len=64", "train.micro_batch_size=8",
-        "optim.warmup_steps=5", "logging.log_interval=1", "logging.progress_bar=false"]
-
-
-def pretrain(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env.pop("MASTER_PORT", None)
-    return subprocess.run([sys.executable, "-m", "pretrain", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=600)
-
-
-def ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result
 
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> Path:
     """The sample corpus prepared once by `pretrain prepare`, shared by the runs below."""
-    root = tmp_path_factory.mktemp("prepared")
-    ok(pretrain("prepare", *TINY, f"data.dataset={root / 'data'}", cwd=root))
-    return root / "data"
-
-
-def losses(run_dir: Path) -> list[float]:
-    return [row["loss"] for row in read_metrics(run_dir / "metrics.jsonl")]
+    return prepare_dataset(tmp_path_factory.mktemp("prepared"))
 
 
 def test_loss_falls_and_the_run_directory_is_complete(dataset, tmp_path):
@@ -123,13 +98,9 @@ def test_bad_input_is_one_clear_line(tmp_path, args, message):
 @pytest.mark.distributed
 def test_two_ranks_under_torchrun_share_one_run(dataset, tmp_path):
     run_dir = tmp_path / "run"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "pretrain",
-         "train", *TINY, f"data.dataset={dataset}", f"run.dir={run_dir}", "train.max_steps=10",
-         "checkpoint.interval=10"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    ok(result)
+    result = ok(pretrain("train", *TINY, f"data.dataset={dataset}", f"run.dir={run_dir}",
+                         "train.max_steps=10", "checkpoint.interval=10", cwd=tmp_path,
+                         processes=2))
     assert "2 rank(s)" in result.stdout
     rows = read_metrics(run_dir / "metrics.jsonl")
     assert len(rows) == 10 and rows[-1]["tokens_seen"] == 10 * 8 * 64 * 2

@@ -42,17 +42,41 @@ def _env_int(*names: str, default: int) -> int:
     return default
 
 
+def slurm_tasks_on_this_node() -> int | None:
+    """Tasks of this srun step on this node, from e.g. SLURM_STEP_TASKS_PER_NODE="4(x2),2".
+
+    Slurm writes the per-node counts compressed ("4(x2)" = two nodes with 4 tasks each) in node
+    order; SLURM_NODEID is this node's index. SLURM_NTASKS_PER_NODE alone is not enough: it is
+    only set when the job asked for --ntasks-per-node.
+    """
+    for name in ("SLURM_STEP_TASKS_PER_NODE", "SLURM_TASKS_PER_NODE"):
+        if os.environ.get(name):
+            counts = []
+            for part in os.environ[name].split(","):
+                match = re.fullmatch(r"(\d+)(?:\(x(\d+)\))?", part.strip())
+                if not match:
+                    raise ValueError(f"{name}={os.environ[name]!r}: cannot read the task counts")
+                counts += [int(match[1])] * int(match[2] or 1)
+            node = _env_int("SLURM_NODEID", default=0)
+            return counts[node] if node < len(counts) else None
+    return None
+
+
 def topology_from_env() -> Topology:
     """torchrun sets RANK/WORLD_SIZE/LOCAL_RANK; srun sets SLURM_PROCID/NTASKS/LOCALID.
 
     torchrun's names come first, so `torchrun` started inside a Slurm job wins over Slurm.
     """
     world_size = _env_int("WORLD_SIZE", "SLURM_NTASKS", default=1)
+    if os.environ.get("LOCAL_WORLD_SIZE"):
+        local_world_size = int(os.environ["LOCAL_WORLD_SIZE"])
+    else:
+        local_world_size = slurm_tasks_on_this_node() or world_size
     return Topology(
         rank=_env_int("RANK", "SLURM_PROCID", default=0),
         world_size=world_size,
         local_rank=_env_int("LOCAL_RANK", "SLURM_LOCALID", default=0),
-        local_world_size=_env_int("LOCAL_WORLD_SIZE", "SLURM_NTASKS_PER_NODE", default=world_size),
+        local_world_size=local_world_size,
     )
 
 
