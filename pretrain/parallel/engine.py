@@ -54,28 +54,6 @@ def build_optimizer(module: torch.nn.Module, config: Config) -> torch.optim.Opti
     return torch.optim.AdamW(groups, lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps)
 
 
-def global_target_count(micro_batches: list[MicroBatch], layout: ParallelLayout) -> Tensor:
-    """Targets (labels != -100) in the whole global batch; a collective over all ranks.
-
-    Every stage of one pipeline holds the same samples, so the world sum counts each
-    `pipeline_stages` times.
-    """
-    local = sum(int((batch["labels"] != -100).sum()) for batch in micro_batches)
-    count = torch.tensor([float(local)], dtype=torch.float64)
-    dist.all_reduce(count)
-    return count / layout.pipeline_stages
-
-
-def global_mean(local_sum: Tensor | float, targets: Tensor) -> float:
-    """Sum a per-rank loss sum over all ranks (a collective) and divide by the global targets.
-
-    Ranks that hold no loss (pipeline stages other than the last) pass 0.
-    """
-    total = torch.tensor([float(local_sum)], dtype=torch.float64)
-    dist.all_reduce(total)
-    return (total / targets).item()
-
-
 class Engine:
     """Owns the DeepSpeed engine, its optimizer and schedule; subclasses run the steps."""
 
@@ -91,15 +69,40 @@ class Engine:
         self.ds_config = ds_config
         self.layout = layout
         self.z_loss = config.optim.z_loss
+        self.device = self.deepspeed.device  # collectives run on it (NCCL needs GPU tensors)
 
     def train_step(self, micro_batches: list[MicroBatch]) -> float:
         """One optimizer step over this rank's micro-batches; returns the global mean loss."""
         raise NotImplementedError
 
-    def loss_weight(self, targets: Tensor) -> float:
+    def global_targets(self, micro_batches: list[MicroBatch]) -> Tensor:
+        """Targets (labels != -100) in the whole global batch; a collective over all ranks.
+
+        Every stage of one pipeline holds the same samples, so the world sum counts each
+        `pipeline_stages` times.
+        """
+        count = torch.zeros(1, dtype=torch.float64, device=self.device)
+        for batch in micro_batches:
+            count += (batch["labels"] != -100).sum().to(self.device)
+        dist.all_reduce(count)
+        return count / self.layout.pipeline_stages
+
+    def loss_weight(self, targets: Tensor) -> Tensor:
         """The factor on each micro-batch's loss sum (see the module docstring)."""
         accumulation = self.deepspeed.gradient_accumulation_steps()
-        return accumulation * self.layout.data_parallel / targets.item()
+        return (accumulation * self.layout.data_parallel / targets).float().squeeze()
+
+    def global_mean(self, local_sum: Tensor | None, targets: Tensor) -> float:
+        """Sum a per-rank loss sum over all ranks (a collective), divide by the global targets.
+
+        Ranks that hold no loss (pipeline stages other than the last) pass None. Only here does
+        the host wait for the device: summing per micro-batch on the device keeps it busy.
+        """
+        total = torch.zeros(1, dtype=torch.float64, device=self.device)
+        if local_sum is not None:
+            total += local_sum.detach().to(torch.float64)
+        dist.all_reduce(total)
+        return (total / targets).item()
 
     def learning_rate(self) -> float:
         return self.scheduler.get_last_lr()[0]

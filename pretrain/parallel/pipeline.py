@@ -27,7 +27,7 @@ from pretrain.activation_checkpointing import run_block
 from pretrain.config import Config, ModelConfig
 from pretrain.model import Block, Embedding, Linear, RMSNorm, causal_lm_loss, rotary_tables
 from pretrain.parallel.ds_config import deepspeed_config
-from pretrain.parallel.engine import Engine, MicroBatch, global_mean, global_target_count
+from pretrain.parallel.engine import Engine, MicroBatch
 from pretrain.parallel.topology import ParallelLayout
 
 Activations = tuple[Tensor, Tensor]  # hidden states [B, T, d_model], doc_ids [B, T]
@@ -93,12 +93,14 @@ class PipelineLoss:
 
     def __init__(self, z_loss: float) -> None:
         self.z_loss = z_loss
-        self.cross_entropy_sum = 0.0
+        self.cross_entropy_sum: Tensor | None = None  # this step's, on the last stage only
 
     def __call__(self, logits: Tensor, labels_and_weight: tuple[Tensor, Tensor]) -> Tensor:
         labels, weight = labels_and_weight
         objective, cross_entropy = causal_lm_loss(logits, labels, self.z_loss)
-        self.cross_entropy_sum += cross_entropy.item()
+        if self.cross_entropy_sum is None:
+            self.cross_entropy_sum = torch.zeros((), device=logits.device)
+        self.cross_entropy_sum += cross_entropy.detach()
         return objective * weight
 
 
@@ -133,11 +135,11 @@ class PipelineEngine(Engine):
         super().__init__(module, config, layout, ds_config)
 
     def train_step(self, micro_batches: list[MicroBatch]) -> float:
-        targets = global_target_count(micro_batches, self.layout)
-        weight = torch.tensor(self.loss_weight(targets))
-        self.loss_fn.cross_entropy_sum = 0.0
+        targets = self.global_targets(micro_batches)
+        weight = self.loss_weight(targets)
+        self.loss_fn.cross_entropy_sum = None
         # DeepSpeed draws the micro-batches itself: inputs on the first stage, labels on the last.
         data = iter([((batch["input_ids"], batch["doc_ids"]), (batch["labels"], weight))
                      for batch in micro_batches])
         self.deepspeed.train_batch(data_iter=data)
-        return global_mean(self.loss_fn.cross_entropy_sum, targets)
+        return self.global_mean(self.loss_fn.cross_entropy_sum, targets)

@@ -11,10 +11,12 @@ NVMe (`parallel.offload_*`). Sizes of the communication buckets: pretrain/parall
 
 from __future__ import annotations
 
+import torch
+
 from pretrain.config import Config
 from pretrain.model import Transformer, causal_lm_loss
 from pretrain.parallel.ds_config import deepspeed_config
-from pretrain.parallel.engine import Engine, MicroBatch, global_mean, global_target_count
+from pretrain.parallel.engine import Engine, MicroBatch
 from pretrain.parallel.topology import ParallelLayout
 
 
@@ -30,13 +32,13 @@ class ZeroEngine(Engine):
         super().__init__(model, config, layout, ds_config)
 
     def train_step(self, micro_batches: list[MicroBatch]) -> float:
-        targets = global_target_count(micro_batches, self.layout)
+        targets = self.global_targets(micro_batches)
         weight = self.loss_weight(targets)
-        cross_entropy_sum = 0.0
+        cross_entropy_sum = torch.zeros((), device=self.device)
         for batch in micro_batches:
             logits = self.deepspeed(batch["input_ids"], batch["doc_ids"])
             objective, cross_entropy = causal_lm_loss(logits, batch["labels"], self.z_loss)
             self.deepspeed.backward(objective * weight)
             self.deepspeed.step()  # DeepSpeed steps the optimizer after the last micro-batch
-            cross_entropy_sum += cross_entropy.item()
-        return global_mean(cross_entropy_sum, targets)
+            cross_entropy_sum += cross_entropy.detach()
+        return self.global_mean(cross_entropy_sum, targets)
