@@ -1,23 +1,37 @@
-"""Checkpoints: one folder per step, written by DeepSpeed, committed by an atomic `latest`.
+"""Checkpoints: one folder per step, committed atomically, verified before they are trusted.
 
 Layout under the run directory:
 
     checkpoints/
       latest                 name of the newest committed checkpoint (replaced atomically)
       step_00000100/
-        ...                  DeepSpeed's model and optimizer shards
-        rng_rank00000.pt     each rank's Python / NumPy / torch RNG states
-        meta.json            written last: step, tokens, data-loader state, config hash,
-                             world layout, and every file with its size
+        ...                  DeepSpeed's model, optimizer and scheduler shards
+        rng_rank00000.pt     each rank's Python / NumPy / torch (CPU, CUDA) RNG states
+        meta.json            written last: step, tokens, data-loader state, the resolved config
+                             and its hash, the world layout, and every file's size and sha256
 
-A checkpoint counts only once its meta.json exists and every file it lists has the listed
-size; `latest` moves after that. So a crash during a save leaves the previous one in charge.
+Saving (every rank): DeepSpeed writes its shards, each rank its RNG file; the files are split
+over the ranks, each fsyncs and hashes its share; rank 0 writes meta.json (temporary name, fsync,
+rename) and only then moves `latest`. A crash at any point leaves the previous checkpoint in
+charge: a folder without a complete meta.json is never loaded.
+
+Resuming: the newest folder whose files match its meta (sizes always, sha256 on request) is
+loaded; a broken one is reported by name and skipped. A checkpoint of another model shape,
+tokenizer, data mixture or global batch is refused unless `checkpoint.allow_config_change`.
+A different number of data-parallel ranks is resharded through a universal checkpoint
+(pretrain/reshard.py); other layout changes are refused.
+
+Checkpoints live on a filesystem every rank sees (as on any cluster): each rank lists and hashes
+the same folder.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
+import shutil
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -25,13 +39,18 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from pretrain import faults
+from pretrain.config import Config, config_hash, to_dict
 from pretrain.errors import InputError
-from pretrain.fileio import atomic_write_json, atomic_write_text
-from pretrain.parallel.topology import Topology
+from pretrain.fileio import atomic_write_json, atomic_write_text, fsync_file, sha256_file
+from pretrain.parallel.topology import ParallelLayout, Topology
 
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
 META = "meta.json"
+FORMAT_VERSION = 2
+# Model settings that choose a kernel, not a shape: changing them keeps a checkpoint valid.
+_RUNTIME_MODEL_KEYS = ("attention_impl", "norm_impl")
 
 
 class CheckpointError(InputError, RuntimeError):
@@ -45,6 +64,85 @@ def checkpoint_root(run_dir: Path) -> Path:
 def step_tag(step: int) -> str:
     return f"step_{step:08d}"
 
+
+def _step_of(folder: Path) -> int:
+    return int(folder.name.removeprefix("step_"))
+
+
+def _step_folders(root: Path) -> list[Path]:
+    """step_* folders, oldest first."""
+    folders = [p for p in root.glob("step_*") if p.is_dir() and p.name[5:].isdigit()]
+    return sorted(folders, key=_step_of)
+
+
+# --- what a checkpoint records about its run -------------------------------------------------
+
+def run_identity(config: Config, layout: ParallelLayout, tokenizer_sha256: str) -> dict[str, Any]:
+    """The config, its hash, the layout, and the settings a resumed run must share.
+
+    `compat` holds what makes a checkpoint meaningless for another run: the model shape, the
+    tokenizer, the data mixture, the sequence length and the global batch (sequences per step;
+    the data order and the schedule depend on it).
+    """
+    train = config.train
+    model = {key: value for key, value in dataclasses.asdict(config.model).items()
+             if key not in _RUNTIME_MODEL_KEYS}
+    mixture = {"temperature": config.data.mixture.temperature,
+               "weights": dict(config.data.mixture.weights)}
+    return {
+        "config_hash": config_hash(config),
+        "config": to_dict(config),
+        "layout": {"engine": config.parallel.engine, "world_size": layout.world_size,
+                   "pipeline_stages": layout.pipeline_stages,
+                   "data_parallel": layout.data_parallel,
+                   "zero_stage": config.parallel.resolved_zero_stage()},
+        "compat": {"model": model, "tokenizer_sha256": tokenizer_sha256, "mixture": mixture,
+                   "seq_len": config.data.seq_len,
+                   "global_batch": train.micro_batch_size * train.grad_accum_steps
+                   * layout.data_parallel},
+    }
+
+
+def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [line for key in sorted(set(old) | set(new))
+                for line in _differences(old.get(key), new.get(key), f"{prefix}{key}.")]
+    return [] if old == new else [f"{prefix.rstrip('.')}: {old!r} -> {new!r}"]
+
+
+def check_compatible(folder: Path, meta: dict[str, Any], identity: dict[str, Any],
+                     allow_change: bool) -> list[str]:
+    """Refuse a checkpoint from another run's settings (unless allowed); return the changes."""
+    changes = _differences(meta["identity"]["compat"], identity["compat"])
+    if changes and not allow_change:
+        raise CheckpointError(
+            f"{folder}: saved by a run with other settings ({'; '.join(changes)}). Resume with "
+            "the settings it was saved with, start a new run directory, or set "
+            "checkpoint.allow_config_change=true to load it anyway")
+    return changes
+
+
+def layout_change(folder: Path, meta: dict[str, Any], identity: dict[str, Any]) -> str | None:
+    """None if the checkpoint's layout is ours; the change if it can be resharded; else raise.
+
+    Supported: another number of data-parallel ranks, same engine and pipeline stages (ZeRO-3
+    and pipeline + ZeRO-1, through a universal checkpoint). Refused: another engine, another
+    number of pipeline stages, another ZeRO stage.
+    """
+    old, new = meta["identity"]["layout"], identity["layout"]
+    if old == new:
+        return None
+    for key in ("engine", "pipeline_stages", "zero_stage"):
+        if old[key] != new[key]:
+            raise CheckpointError(
+                f"{folder}: saved with parallel {key.replace('_', ' ')} {old[key]}, this run has "
+                f"{new[key]}; only the number of data-parallel ranks may change on resume. "
+                f"Launch with {key} {old[key]} (e.g. on {old['world_size']} ranks)")
+    return (f"{old['data_parallel']} -> {new['data_parallel']} data-parallel ranks "
+            f"({old['world_size']} -> {new['world_size']} ranks)")
+
+
+# --- saving ----------------------------------------------------------------------------------
 
 def _rng_file(folder: Path, rank: int) -> Path:
     return folder / f"rng_rank{rank:05d}.pt"
@@ -66,32 +164,58 @@ def _restore_rng(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _list_files(folder: Path) -> dict[str, int]:
-    return {str(path.relative_to(folder)): path.stat().st_size
-            for path in sorted(folder.rglob("*")) if path.is_file() and path.name != META}
+def _record_files(folder: Path, topology: Topology, checksums: bool) -> dict[str, dict]:
+    """Size (and sha256) of every file in the folder; each rank fsyncs and hashes its share."""
+    names = sorted(str(p.relative_to(folder)) for p in folder.rglob("*")
+                   if p.is_file() and p.name != META)
+    mine = {}
+    for name in names[topology.rank::topology.world_size]:
+        path = folder / name
+        fsync_file(path)
+        mine[name] = {"size": path.stat().st_size}
+        if checksums:
+            mine[name]["sha256"] = sha256_file(path)
+    shares: list[dict] = [{} for _ in range(topology.world_size)]
+    dist.all_gather_object(shares, mine)
+    return {name: record for share in shares for name, record in sorted(share.items())}
 
 
 def save(engine: Any, run_dir: Path, step: int, client_state: dict[str, Any],
-         topology: Topology) -> Path:
+         topology: Topology, identity: dict[str, Any], checksums: bool = True) -> Path:
     """Collective: every rank calls this. Returns the committed checkpoint folder."""
     root = checkpoint_root(run_dir)
     tag = step_tag(step)
     folder = root / tag
+    if topology.is_main and folder.exists():
+        shutil.rmtree(folder)  # what an interrupted save of this same step left behind
+    dist.barrier()
     engine.save_checkpoint(str(root), tag=tag, client_state=client_state, save_latest=False)
     rng_file = _rng_file(folder, topology.rank)
     torch.save(_capture_rng(), rng_file.with_suffix(".tmp"))
     rng_file.with_suffix(".tmp").replace(rng_file)
     dist.barrier()
+    faults.crash_point("save", step)  # tests: die with the shards written but no meta.json
+    files = _record_files(folder, topology, checksums)
     if topology.is_main:
-        meta = {"step": step, "world_size": topology.world_size,
-                "client_state": client_state, "files": _list_files(folder)}
+        meta = {"format_version": FORMAT_VERSION, "step": step,
+                "world_size": topology.world_size, "client_state": client_state,
+                "identity": identity, "files": files,
+                "versions": {"torch": torch.__version__, "deepspeed": _deepspeed_version()}}
         atomic_write_json(folder / META, meta)
         atomic_write_text(root / LATEST, tag + "\n")
     dist.barrier()
     return folder
 
 
-def verify(folder: Path) -> dict[str, Any]:
+def _deepspeed_version() -> str:
+    import deepspeed
+
+    return deepspeed.__version__
+
+
+# --- verifying and loading -------------------------------------------------------------------
+
+def verify(folder: Path, checksums: bool = False) -> dict[str, Any]:
     """Return the meta of a complete checkpoint, or raise CheckpointError saying what is wrong."""
     meta_path = folder / META
     if not meta_path.is_file():
@@ -100,44 +224,110 @@ def verify(folder: Path) -> dict[str, Any]:
         meta = json.loads(meta_path.read_text())
     except json.JSONDecodeError as error:
         raise CheckpointError(f"{meta_path}: unreadable ({error})") from None
-    for name, size in meta["files"].items():
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"{folder}: written in checkpoint format "
+                              f"{meta.get('format_version', 1)}, this version reads "
+                              f"{FORMAT_VERSION}; start a new run directory")
+    for name, record in meta["files"].items():
         path = folder / name
         if not path.is_file():
             raise CheckpointError(f"{folder}: file {name} is missing")
-        if path.stat().st_size != size:
+        if path.stat().st_size != record["size"]:
             raise CheckpointError(f"{folder}: file {name} has {path.stat().st_size} bytes, "
-                                  f"expected {size}")
+                                  f"expected {record['size']}")
+        if checksums and "sha256" in record and sha256_file(path) != record["sha256"]:
+            raise CheckpointError(f"{folder}: file {name} does not match its sha256")
     return meta
 
 
-def find_resumable(run_dir: Path) -> tuple[Path, dict[str, Any]] | None:
-    """The newest checkpoint that verifies, newest first; broken ones are reported and skipped."""
-    root = checkpoint_root(run_dir)
-    if not root.is_dir():
-        return None
-    for folder in sorted(root.glob("step_*"), reverse=True):
+def find_resumable(run_dir: Path, checksums: bool = False,
+                   report: bool = True) -> tuple[Path, dict[str, Any]] | None:
+    """The newest checkpoint that verifies; broken ones are reported and skipped."""
+    for folder in reversed(_step_folders(checkpoint_root(run_dir))):
         try:
-            return folder, verify(folder)
+            return folder, verify(folder, checksums)
         except CheckpointError as error:
-            print(f"[checkpoint] skipping {error}", flush=True)
+            if report:
+                print(f"[checkpoint] skipping {error}", flush=True)
     return None
 
 
-def load(engine: Any, run_dir: Path, topology: Topology) -> dict[str, Any] | None:
-    """Collective: load the newest valid checkpoint into the engine; return its client state."""
-    found = find_resumable(run_dir)
-    if found is None:
-        return None
-    folder, meta = found
-    if meta["world_size"] != topology.world_size:
-        raise CheckpointError(
-            f"{folder}: saved with {meta['world_size']} ranks, this run has "
-            f"{topology.world_size}; resume with the same world size (resharding comes with "
-            "universal checkpoints)")
-    path, client_state = engine.load_checkpoint(str(folder.parent), tag=folder.name)
+def load(engine: Any, folder: Path, topology: Topology,
+         universal_dir: Path | None = None) -> dict[str, Any]:
+    """Collective: load a verified checkpoint into the engine; return its client state.
+
+    universal_dir: the checkpoint converted for another data-parallel size (pretrain/reshard.py);
+    the engine must then have been built with load_universal.
+    """
+    source = universal_dir or folder
+    path, client_state = engine.load_checkpoint(str(source.parent), tag=source.name)
     if path is None:
-        raise CheckpointError(f"{folder}: DeepSpeed could not load it")
+        raise CheckpointError(f"{source}: DeepSpeed could not load it")
+    # Each rank's RNG streams continue where they were; a rank that did not exist before
+    # (more ranks than at save time) keeps its fresh seeding. The model draws no random
+    # numbers while training, so this only matters for future dropout-like features.
     rng_file = _rng_file(folder, topology.rank)
     if rng_file.is_file():
         _restore_rng(torch.load(rng_file, weights_only=False))
     return client_state
+
+
+# --- retention and the mirror ----------------------------------------------------------------
+
+def prune(root: Path, keep_last: int, keep_every: int) -> list[Path]:
+    """Delete old checkpoints: keep the newest `keep_last` committed ones and every step that
+    is a multiple of `keep_every`. Only folders older than the newest committed checkpoint are
+    touched, so this runs after a commit and never removes the only good copy. Main rank only.
+    """
+    folders = _step_folders(root)
+    committed = [f for f in folders if (f / META).is_file()]
+    if not committed or keep_last == 0:
+        return []
+    newest = _step_of(committed[-1])
+    keep = {f.name for f in committed[-keep_last:]}
+    removed = []
+    for folder in folders:
+        step = _step_of(folder)
+        permanent = keep_every and step % keep_every == 0 and (folder / META).is_file()
+        if step < newest and folder.name not in keep and not permanent:
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
+
+
+class Mirror:
+    """Copies each committed checkpoint to a second location in a background thread.
+
+    The copy lands under a temporary name and is renamed when complete, then `latest` there
+    moves, and the same retention applies. A failed copy is reported, never fatal: the
+    primary checkpoint is already safe. One copy at a time: a new one waits for the last.
+    """
+
+    def __init__(self, target: Path, keep_last: int, keep_every: int) -> None:
+        self.target, self.keep_last, self.keep_every = target, keep_last, keep_every
+        self.thread: threading.Thread | None = None
+
+    def start(self, folder: Path) -> None:
+        self.wait()
+        self.thread = threading.Thread(target=self._copy, args=(folder,), daemon=False,
+                                       name="checkpoint-mirror")
+        self.thread.start()
+
+    def wait(self) -> None:
+        if self.thread is not None:
+            self.thread.join()
+            self.thread = None
+
+    def _copy(self, folder: Path) -> None:
+        partial = self.target / f".{folder.name}.partial"
+        try:
+            shutil.rmtree(partial, ignore_errors=True)
+            shutil.copytree(folder, partial)
+            verify(partial)  # the copy has every file at its size before it takes the name
+            shutil.rmtree(self.target / folder.name, ignore_errors=True)
+            partial.rename(self.target / folder.name)
+            atomic_write_text(self.target / LATEST, folder.name + "\n")
+            prune(self.target, self.keep_last, self.keep_every)
+        except (OSError, CheckpointError) as error:
+            print(f"[checkpoint] mirror copy of {folder.name} to {self.target} failed: {error}",
+                  flush=True)

@@ -28,11 +28,13 @@ for _name, _value in (("HF_HUB_OFFLINE", "1"), ("TRANSFORMERS_OFFLINE", "1"),
     os.environ.setdefault(_name, _value)
 
 
-def _train(config: Config, args: argparse.Namespace) -> None:
+def _train(config: Config, args: argparse.Namespace) -> int:
     """train a model (no --config: the bundled demo); resumes from the latest checkpoint"""
+    from pretrain.signals import REQUEUE_EXIT_CODE
     from pretrain.train import train
 
-    train(config)
+    result = train(config)
+    return REQUEUE_EXIT_CODE if result.requeue else 0
 
 
 def _prepare(config: Config, args: argparse.Namespace) -> None:
@@ -121,8 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         name, handler = args.command, COMMANDS[args.command]
     try:
-        handler(load_config(args.config, args.overrides), args)
+        status = handler(load_config(args.config, args.overrides), args)
     except InputError as error:
         print(f"pretrain {name}: error: {error}", file=sys.stderr)
         return 2
-    return 0
+    return status or 0

@@ -180,8 +180,32 @@ class TrainConfig:
 
 @dataclass
 class CheckpointConfig:
+    """When to save, what to keep, and how much to trust on resume (pretrain/checkpoint.py)."""
+
     interval: int = 500  # steps between saves; the last step is always saved
-    resume: bool = True  # resume from the run directory's latest checkpoint
+    resume: bool = True  # resume from the run directory's latest valid checkpoint
+    keep_last: int = 3  # committed checkpoints kept besides the permanent ones; 0 keeps all
+    keep_every: int = 0  # steps: checkpoints at multiples of this are never deleted; 0: none
+    checksums: bool = True  # record every file's sha256 in meta.json (hashing split over ranks)
+    verify_checksums: bool = False  # on resume, re-hash the files (sizes are always checked)
+    allow_config_change: bool = False  # resume despite a different model, tokenizer, mixture
+    mirror_dir: str = ""  # also copy each committed checkpoint here, in the background
+    save_minutes_before_end: float = 0.0  # save and requeue when the Slurm job has less left
+
+
+@dataclass
+class GuardConfig:
+    """Divergence guard (pretrain/guard.py): a bad step never reaches the weights for good.
+
+    A non-finite loss or gradient norm rolls back to the last checkpoint and skips that global
+    batch. `spike_patience` steps in a row with a loss above `spike_factor` x the mean of the
+    last `spike_window` losses do the same for those batches (spike_factor 0: off).
+    """
+
+    spike_factor: float = 3.0
+    spike_patience: int = 3
+    spike_window: int = 50
+    max_rollbacks: int = 5  # then stop: the run needs a human (lower lr, other data)
 
 
 @dataclass
@@ -207,6 +231,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    guard: GuardConfig = field(default_factory=GuardConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
     @property
@@ -376,6 +401,19 @@ def validate(config: Config) -> None:
     if "nvme" in (parallel.offload_optimizer, parallel.offload_params):
         _require(bool(parallel.nvme_path), "parallel.nvme_path",
                  "nvme offload needs a local NVMe folder, e.g. parallel.nvme_path=/local_nvme")
+    checkpoint, guard = config.checkpoint, config.guard
+    for key, value in (("checkpoint.keep_last", checkpoint.keep_last),
+                       ("checkpoint.keep_every", checkpoint.keep_every),
+                       ("checkpoint.save_minutes_before_end", checkpoint.save_minutes_before_end),
+                       ("guard.spike_factor", guard.spike_factor),
+                       ("guard.max_rollbacks", guard.max_rollbacks)):
+        _require(value >= 0, key, f"must not be negative, got {value}")
+    _require(guard.spike_factor == 0 or guard.spike_factor > 1, "guard.spike_factor",
+             f"must be above 1 (a multiple of the recent mean loss) or 0 to disable, got "
+             f"{guard.spike_factor}")
+    for key, value in (("guard.spike_patience", guard.spike_patience),
+                       ("guard.spike_window", guard.spike_window)):
+        _require(value > 0, key, f"must be positive, got {value}")
     for key in ("reduce_bucket_size", "prefetch_bucket_size", "param_persistence_threshold"):
         value = getattr(parallel, key)
         _require(value is None or value >= 0, f"parallel.{key}",

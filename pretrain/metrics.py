@@ -44,16 +44,22 @@ class MetricsLogger:
 
     def __init__(self, run_dir: Path, enabled: bool, tensorboard: bool, resume_step: int = 0):
         self.path = run_dir / METRICS
+        self.tensorboard_dir = run_dir / "tensorboard" if tensorboard else None
         self.enabled = enabled
         self.writer = None
-        if not enabled:
+        self.rewind(resume_step)
+
+    def rewind(self, step: int) -> None:
+        """Forget everything logged after `step` (a resume or a rollback continues from it)."""
+        if not self.enabled:
             return
-        kept = [m for m in read_metrics(self.path) if m["step"] <= resume_step]
+        kept = [m for m in read_metrics(self.path) if m["step"] <= step]
         atomic_write_text(self.path, "".join(json.dumps(m) + "\n" for m in kept))
-        if tensorboard:
+        if self.tensorboard_dir is not None:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=resume_step + 1)
+            self.close()
+            self.writer = SummaryWriter(str(self.tensorboard_dir), purge_step=step + 1)
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         if not self.enabled:

@@ -1,16 +1,23 @@
-"""The training loop: one loop, always through a real DeepSpeed engine.
+"""The training loop: one loop for both engines, always through a real DeepSpeed engine.
 
-    config -> distributed init -> dataset (prepared on first run) -> model -> DeepSpeed engine
-    -> resume from the latest valid checkpoint -> steps (log, save) -> final save and plot
+    config -> distributed init -> dataset (prepared on first run) -> layout -> which checkpoint
+    to resume (resharded if the data-parallel size changed) -> engine -> loader
+    -> steps: train, guard (roll back bad steps), log, save, stop on a signal -> plot
+
+Exit paths: finished (`TrainResult.requeue` False), or stopped on a signal / the Slurm end time
+after saving (`requeue` True: the CLI exits with REQUEUE_EXIT_CODE and the sbatch script
+requeues the job).
 """
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
 import random
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +27,8 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from pretrain import checkpoint
+from pretrain import checkpoint, faults
+from pretrain.checkpoint import Mirror
 from pretrain.config import Config, config_hash, to_yaml
 from pretrain.data import DataError
 from pretrain.data.loader import build_train_loader
@@ -33,11 +41,13 @@ from pretrain.data.prepare import (
     verify_dataset,
 )
 from pretrain.fileio import atomic_write_json, atomic_write_text
+from pretrain.guard import DivergenceGuard, TrainingDiverged
 from pretrain.metrics import MetricsLogger, device_peak_flops, plot_loss_curve
 from pretrain.model import count_parameters, flops_per_token
 from pretrain.parallel.ds_config import resolve_precision
-from pretrain.parallel.engine import MicroBatch, build_engine
-from pretrain.parallel.topology import Topology, init_distributed, make_layout
+from pretrain.parallel.engine import Engine, MicroBatch, build_engine
+from pretrain.parallel.topology import ParallelLayout, Topology, init_distributed, make_layout
+from pretrain.signals import StopWatch
 
 
 @dataclass
@@ -46,6 +56,16 @@ class TrainResult:
     step: int
     final_loss: float
     checkpoint: Path | None
+    requeue: bool = False  # stopped early on purpose (signal, job end) after saving
+
+
+@dataclass
+class Progress:
+    """Where the run is; saved in every checkpoint."""
+
+    step: int = 0  # optimizer steps taken
+    tokens_seen: int = 0  # tokens trained on
+    batches: int = 0  # global batches drawn from the data, including skipped bad ones
 
 
 def _quiet_libraries() -> None:
@@ -108,6 +128,206 @@ class _Batches:
         return {name: tensor.to(self.device) for name, tensor in batch.items()}
 
 
+def _main_print(topology: Topology, message: str) -> None:
+    if topology.is_main:
+        print(message, flush=True)
+
+
+@dataclass
+class ResumePlan:
+    folder: Path
+    meta: dict[str, Any]
+    universal_dir: Path | None  # set when the data-parallel size changed (resharded)
+
+
+def _plan_resume(config: Config, identity: dict[str, Any], topology: Topology) -> ResumePlan | None:
+    """Pick the checkpoint to resume from, refuse a foreign one, reshard if needed."""
+    found = checkpoint.find_resumable(config.run_dir, config.checkpoint.verify_checksums,
+                                      report=topology.is_main)
+    if found is None:
+        return None
+    folder, meta = found
+    changes = checkpoint.check_compatible(folder, meta, identity,
+                                          config.checkpoint.allow_config_change)
+    if changes:
+        _main_print(topology, f"[checkpoint] warning: {folder.name} was saved with other "
+                    f"settings, loading it as allowed: {'; '.join(changes)}")
+    change = checkpoint.layout_change(folder, meta, identity)
+    if change is None:
+        return ResumePlan(folder, meta, None)
+    from pretrain.reshard import convert_to_universal, universal_dir
+
+    universal = universal_dir(folder)
+    if topology.is_main and not universal.is_dir():
+        print(f"[checkpoint] {folder.name}: resharding {change} through a universal checkpoint",
+              flush=True)
+        convert_to_universal(folder, universal,
+                             inject_missing_state=config.parallel.engine == "pipeline")
+    dist.barrier()
+    return ResumePlan(folder, meta, universal)
+
+
+class Trainer:
+    """The loop and everything it touches; built by `train`."""
+
+    def __init__(self, config: Config, topology: Topology, layout: ParallelLayout,
+                 engine: Engine, make_loader: Callable[[], Any], identity: dict[str, Any],
+                 device: torch.device, precision: str) -> None:
+        self.config, self.topology, self.layout = config, topology, layout
+        self.engine, self.identity, self.device = engine, identity, device
+        self.make_loader = make_loader
+        self.loader = make_loader()
+        self.run_dir = config.run_dir
+        self.progress = Progress()
+        self.batches = _Batches(self.loader, device)
+        self.guard = DivergenceGuard(config.guard, self.run_dir, write=topology.is_main)
+        mirror = config.checkpoint.mirror_dir
+        self.mirror = Mirror(Path(mirror), config.checkpoint.keep_last,
+                             config.checkpoint.keep_every) if mirror and topology.is_main else None
+        self.last_saved: Path | None = None
+        train = config.train
+        self.tokens_per_step = (config.data.seq_len * train.micro_batch_size
+                                * train.grad_accum_steps * layout.data_parallel)
+        self.flops_per_step = flops_per_token(config.model, config.data.seq_len) \
+            * self.tokens_per_step
+        self.peak_flops = device_peak_flops(precision)
+
+    # --- checkpoints ---------------------------------------------------------------------
+
+    def restore(self, plan: ResumePlan) -> None:
+        client_state = checkpoint.load(self.engine.deepspeed, plan.folder, self.topology,
+                                       plan.universal_dir)
+        if plan.universal_dir is not None:
+            from pretrain.reshard import restore_param_groups
+
+            restore_param_groups(self.engine.deepspeed, plan.universal_dir)
+        self.progress = Progress(client_state["step"], client_state["tokens_seen"],
+                                 client_state["batches"])
+        self.loader.load_state_dict(client_state["loader"])
+        self.batches = _Batches(self.loader, self.device)
+
+    def save(self) -> None:
+        progress = self.progress
+        client_state = {"step": progress.step, "tokens_seen": progress.tokens_seen,
+                        "batches": progress.batches, "loader": self.loader.state_dict(),
+                        "config_hash": config_hash(self.config)}
+        self.last_saved = checkpoint.save(self.engine.deepspeed, self.run_dir, progress.step,
+                                          client_state, self.topology, self.identity,
+                                          self.config.checkpoint.checksums)
+        if self.topology.is_main:
+            root = checkpoint.checkpoint_root(self.run_dir)
+            checkpoint.prune(root, self.config.checkpoint.keep_last,
+                             self.config.checkpoint.keep_every)
+            if self.mirror is not None:
+                self.mirror.start(self.last_saved)
+
+    def _roll_back(self, reason: str) -> None:
+        """Undo a bad step: reload the last checkpoint (the guard skips the batch next time)."""
+        step = self.progress.step + 1
+        found = checkpoint.find_resumable(self.run_dir, report=self.topology.is_main)
+        if found is None:
+            raise TrainingDiverged(
+                f"step {step}: {reason}, and there is no checkpoint to roll back to yet "
+                f"(checkpoint.interval={self.config.checkpoint.interval}); lower optim.lr or "
+                "save earlier")
+        folder, meta = found
+        # mosaicml-streaming honours a loaded state only in a dataset that has not started
+        # iterating, so the rollback reads on from a new loader (the old one let go first).
+        self.batches = self.loader = None
+        gc.collect()
+        self.loader = self.make_loader()
+        self.restore(ResumePlan(folder, meta, None))
+        _main_print(self.topology, f"[guard] step {step}: {reason}; rolled back to "
+                    f"{folder.name}, skipping the bad batch(es) from now on")
+
+    # --- the loop ------------------------------------------------------------------------
+
+    def _stop_reason(self, watch: StopWatch) -> str | None:
+        """A stop wanted on any rank stops every rank at this step (one tiny all-reduce)."""
+        reason = watch.reason()
+        wanted = torch.tensor([1.0 if reason else 0.0], device=self.engine.device)
+        dist.all_reduce(wanted, op=dist.ReduceOp.MAX)
+        return (reason or "a stop signal on another rank") if wanted.item() else None
+
+    def _log(self, metrics: MetricsLogger, bar: tqdm, loss: float, grad_norm: float,
+             elapsed: float) -> None:
+        progress = self.progress
+        row = {"loss": loss, "lr": self.engine.learning_rate(), "grad_norm": grad_norm,
+               "tokens_per_s": self.tokens_per_step / elapsed,
+               "tokens_seen": progress.tokens_seen, "skipped_batches": len(self.guard.skipped)}
+        if self.peak_flops:
+            row["mfu"] = self.flops_per_step / elapsed / (self.peak_flops
+                                                          * self.topology.world_size)
+        metrics.log(progress.step, row)
+        if self.topology.is_main:
+            bar.write(" | ".join([f"step {progress.step}/{self.config.train.max_steps}"] + [
+                f"{name} {value:.4g}" for name, value in row.items()]))
+
+    def run(self) -> TrainResult:
+        config, topology, progress = self.config, self.topology, self.progress
+        stop_at = config.train.stop_at_step or config.train.max_steps
+        metrics = MetricsLogger(self.run_dir, topology.is_main, config.logging.tensorboard,
+                                progress.step)
+        bar = tqdm(total=stop_at, initial=progress.step, desc="train", dynamic_ncols=True,
+                   disable=not (topology.is_main and config.logging.progress_bar))
+        loss_value, requeue = math.nan, False
+        self.engine.deepspeed.train()
+        # Signals are watched from here on. On the requeue path the handlers stay in place
+        # until the process exits, so a late SIGTERM cannot turn "requeue me" into a kill.
+        watch = StopWatch(config.checkpoint.save_minutes_before_end)
+        while self.progress.step < stop_at:
+            progress = self.progress
+            started = time.perf_counter()
+            micro_batches = self.batches.take(config.train.grad_accum_steps)
+            progress.batches += 1
+            if self.guard.skips(progress.batches):
+                _main_print(topology, f"[guard] skipping global batch {progress.batches} "
+                            "(found bad before)")
+                continue
+            faults.arm(progress.batches)
+            loss_value = self.engine.train_step(micro_batches)
+            grad_norm = self.engine.grad_norm()
+            bad = self.guard.check(progress.step + 1, progress.batches, loss_value,
+                                   grad_norm)
+            if bad:
+                self._roll_back(bad)
+                metrics.rewind(self.progress.step)
+                bar.n = self.progress.step
+                continue
+            progress.step += 1
+            progress.tokens_seen += self.tokens_per_step
+            elapsed = time.perf_counter() - started
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_value:.3f}")
+
+            step = progress.step
+            if step % config.logging.log_interval == 0 or step == stop_at:
+                self._log(metrics, bar, loss_value, grad_norm, elapsed)
+
+            saved = False
+            if step % config.checkpoint.interval == 0 or step == stop_at:
+                self.save()
+                saved = True
+            stop = self._stop_reason(watch) if step < stop_at else None
+            if stop:
+                if not saved:
+                    self.save()
+                grace = watch.seconds_since_signal()
+                _main_print(topology, f"[requeue] {stop}: saved step {step}"
+                            + (f" {grace:.0f} s after the signal" if grace else "")
+                            + "; exiting for a requeue")
+                requeue = True
+                break
+        if not requeue:
+            watch.restore()
+        bar.close()
+        metrics.close()
+        if self.mirror is not None:
+            self.mirror.wait()
+        return TrainResult(run_dir=self.run_dir, step=self.progress.step, final_loss=loss_value,
+                           checkpoint=self.last_saved, requeue=requeue)
+
+
 def train(config: Config) -> TrainResult:
     _quiet_libraries()
     topology = init_distributed()
@@ -122,39 +342,34 @@ def train(config: Config) -> TrainResult:
         torch.device("cpu")
     layout = make_layout(topology.world_size, config.parallel.pipeline_stages,
                          config.model.n_layers)
-    if topology.is_main:
-        print(f"[parallel] engine {config.parallel.engine}, {layout.describe()}", flush=True)
-    engine = build_engine(config, layout, precision)
+    _main_print(topology, f"[parallel] engine {config.parallel.engine}, {layout.describe()}")
+    identity = checkpoint.run_identity(config, layout, manifest["tokenizer"]["sha256"])
+    plan = _plan_resume(config, identity, topology) if config.checkpoint.resume else None
+    engine = build_engine(config, layout, precision,
+                          load_universal=plan is not None and plan.universal_dir is not None)
     if topology.is_main:
         _write_run_files(config, engine.ds_config)
 
-    loader = build_train_loader(config.dataset_dir, config.train.micro_batch_size,
-                                seed=config.train.seed, shuffle=config.data.shuffle,
-                                num_workers=config.data.num_workers,
-                                dp_rank=layout.data_rank_of(topology.rank),
-                                dp_world_size=layout.data_parallel,
-                                mixture=config.data.mixture)
+    def make_loader() -> Any:
+        return build_train_loader(config.dataset_dir, config.train.micro_batch_size,
+                                  seed=config.train.seed, shuffle=config.data.shuffle,
+                                  num_workers=config.data.num_workers,
+                                  dp_rank=layout.data_rank_of(topology.rank),
+                                  dp_world_size=layout.data_parallel,
+                                  mixture=config.data.mixture)
 
-    step, tokens_seen = 0, 0
-    resumed = (checkpoint.load(engine.deepspeed, run_dir, topology)
-               if config.checkpoint.resume else None)
-    if resumed is not None:
-        step, tokens_seen = resumed["step"], resumed["tokens_seen"]
-        loader.load_state_dict(resumed["loader"])
-        if topology.is_main:
-            print(f"[checkpoint] resumed from step {step} ({tokens_seen:,} tokens seen)",
-                  flush=True)
+    trainer = Trainer(config, topology, layout, engine, make_loader, identity, device, precision)
+    if plan is not None:
+        trainer.restore(plan)
+        done = trainer.progress
+        _main_print(topology, f"[checkpoint] resumed from step {done.step} "
+                    f"({done.tokens_seen:,} tokens seen)")
 
-    tokens_per_step = (config.data.seq_len * config.train.micro_batch_size
-                       * config.train.grad_accum_steps * layout.data_parallel)
-    flops_per_step = flops_per_token(config.model, config.data.seq_len) * tokens_per_step
-    peak = device_peak_flops(precision)
-    stop_at = config.train.stop_at_step or config.train.max_steps
+    tokens_per_step, max_steps = trainer.tokens_per_step, config.train.max_steps
     if topology.is_main:
         print("[data] training mixture at the planned budget of "
-              f"{tokens_per_step * config.train.max_steps:,} tokens:\n"
-              + describe_mixture(loader.dataset.plan,
-                                 tokens_per_step * config.train.max_steps,
+              f"{tokens_per_step * max_steps:,} tokens:\n"
+              + describe_mixture(trainer.loader.dataset.plan, tokens_per_step * max_steps,
                                  config.data.mixture.max_epochs), flush=True)
         print(f"[run] {run_dir} | {count_parameters(config.model):,} parameters | "
               f"{topology.world_size} rank(s), engine {config.parallel.engine}, ZeRO stage "
@@ -162,51 +377,21 @@ def train(config: Config) -> TrainResult:
               f"{tokens_per_step:,} tokens/step | dataset {manifest['splits']['train']['tokens']:,}"
               " tokens", flush=True)
 
-    if step >= stop_at:
-        if topology.is_main:
-            print(f"[done] {run_dir} already reached step {step}; nothing to do (raise "
-                  "train.max_steps to continue, or delete the run directory to start over)")
-        return TrainResult(run_dir=run_dir, step=step, final_loss=math.nan, checkpoint=None)
+    stop_at = config.train.stop_at_step or max_steps
+    if trainer.progress.step >= stop_at:
+        _main_print(topology, f"[done] {run_dir} already reached step {trainer.progress.step}; "
+                    "nothing to do (raise train.max_steps to continue, or delete the run "
+                    "directory to start over)")
+        return TrainResult(run_dir=run_dir, step=trainer.progress.step, final_loss=math.nan,
+                           checkpoint=None)
 
-    metrics = MetricsLogger(run_dir, topology.is_main, config.logging.tensorboard, step)
-    progress = tqdm(total=stop_at, initial=step, desc="train", dynamic_ncols=True,
-                    disable=not (topology.is_main and config.logging.progress_bar))
-    batches = _Batches(loader, device)
-    last_saved, loss_value = None, math.nan
-    engine.deepspeed.train()
-    while step < stop_at:
-        started = time.perf_counter()
-        loss_value = engine.train_step(batches.take(config.train.grad_accum_steps))
-        step += 1
-        tokens_seen += tokens_per_step
-        elapsed = time.perf_counter() - started
-        progress.update(1)
-        progress.set_postfix(loss=f"{loss_value:.3f}")
-
-        if step % config.logging.log_interval == 0 or step == stop_at:
-            row = {"loss": loss_value, "lr": engine.learning_rate(),
-                   "grad_norm": engine.grad_norm(), "tokens_per_s": tokens_per_step / elapsed,
-                   "tokens_seen": tokens_seen}
-            if peak:
-                row["mfu"] = flops_per_step / elapsed / (peak * topology.world_size)
-            metrics.log(step, row)
-            if topology.is_main:
-                progress.write(" | ".join([f"step {step}/{config.train.max_steps}"] + [
-                    f"{name} {value:.4g}" for name, value in row.items()]))
-
-        if step % config.checkpoint.interval == 0 or step == stop_at:
-            client_state = {"step": step, "tokens_seen": tokens_seen,
-                            "loader": loader.state_dict(), "config_hash": config_hash(config)}
-            last_saved = checkpoint.save(engine.deepspeed, run_dir, step, client_state, topology)
-    progress.close()
-    metrics.close()
-
-    if topology.is_main:
+    result = trainer.run()
+    if topology.is_main and not result.requeue:
         plot = run_dir / "loss.png"
-        plot_loss_curve(metrics.path, plot)
-        print(f"[done] step {step}, loss {loss_value:.4f}\n"
-              f"  checkpoint:  {last_saved or checkpoint.checkpoint_root(run_dir)}\n"
-              f"  metrics:     {metrics.path}\n"
+        plot_loss_curve(run_dir / "metrics.jsonl", plot)
+        print(f"[done] step {result.step}, loss {result.final_loss:.4f}\n"
+              f"  checkpoint:  {result.checkpoint or checkpoint.checkpoint_root(run_dir)}\n"
+              f"  metrics:     {run_dir / 'metrics.jsonl'}\n"
               f"  loss curve:  {plot}\n"
               f"  tensorboard: {run_dir / 'tensorboard'}", flush=True)
-    return TrainResult(run_dir=run_dir, step=step, final_loss=loss_value, checkpoint=last_saved)
+    return result

@@ -13,16 +13,25 @@ TINY = ["model.vocab_size=1024", "model.d_model=64", "model.n_layers=2", "model.
         "optim.warmup_steps=5", "logging.log_interval=1", "logging.progress_bar=false"]
 
 
-def pretrain(*args: str, cwd: Path, processes: int = 1) -> subprocess.CompletedProcess:
+def command(*args: str, processes: int = 1) -> list[str]:
     """`python -m pretrain ARGS`, under `torchrun --nproc-per-node N` when processes > 1."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env.pop("MASTER_PORT", None)
     launcher = [sys.executable]
     if processes > 1:
         # --standalone: a private rendezvous on a free port, so runs never collide.
         launcher += ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
                      str(processes)]
-    return subprocess.run([*launcher, "-m", "pretrain", *args], cwd=cwd, env=env,
+    return [*launcher, "-m", "pretrain", *args]
+
+
+def environment(extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(extra or {})}
+    env.pop("MASTER_PORT", None)
+    return env
+
+
+def pretrain(*args: str, cwd: Path, processes: int = 1,
+             env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(command(*args, processes=processes), cwd=cwd, env=environment(env),
                           capture_output=True, text=True, timeout=600)
 
 

@@ -73,7 +73,7 @@ from pretrain.data.tokenizer import (
     save_tokenizer,
     train_tokenizer,
 )
-from pretrain.fileio import atomic_write_json
+from pretrain.fileio import atomic_write_json, sha256_file
 
 FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
@@ -126,7 +126,7 @@ def _build(config: Config, files: list[Path], root: Path) -> dict[str, Any]:
     with _Workers(workers) as pool:
         scan = _scan(config, files, pool, root / WORK)
         tokenizer = _make_tokenizer(config, scan.tokenizer_sample, root / TOKENIZER)
-        counts = _write_streams(config, pool, scan.spills, root, _sha256(root / TOKENIZER))
+        counts = _write_streams(config, pool, scan.spills, root, sha256_file(root / TOKENIZER))
     shutil.rmtree(root / WORK)
     manifest = _manifest(config, root, scan, counts, tokenizer.get_vocab_size())
     atomic_write_json(root / MANIFEST, manifest)  # fsynced: its presence marks completion
@@ -306,7 +306,7 @@ def _pieces(files: list[Path], data: DataConfig,
     """(file number, piece) for every piece of the corpus; records each file in `sources`."""
     for index, path in enumerate(files):
         sources.append({"path": str(path.resolve()), "bytes": path.stat().st_size,
-                        "sha256": _sha256(path), "documents": 0})
+                        "sha256": sha256_file(path), "documents": 0})
         for piece in file_pieces(path, data):
             yield index, piece
 
@@ -452,7 +452,7 @@ def _manifest(config: Config, root: Path, scan: _Scan, counts: dict[str, dict[st
         "created_by": f"siyada {_version()}",
         "seq_len": config.data.seq_len,
         "vocab_size": vocab_size,
-        "tokenizer": {"path": TOKENIZER, "sha256": _sha256(root / TOKENIZER),
+        "tokenizer": {"path": TOKENIZER, "sha256": sha256_file(root / TOKENIZER),
                       "special_tokens": SPECIAL_TOKENS},
         "config": {"data": data, "tokenizer": dataclasses.asdict(config.tokenizer),
                    "model": {"vocab_size": config.model.vocab_size},
@@ -481,7 +481,7 @@ def _file_entries(root: Path) -> list[dict[str, Any]]:
     entries = []
     for path in sorted(root.rglob("*")):
         if path.is_file():
-            size, sha256 = known.get(path) or (path.stat().st_size, _sha256(path))
+            size, sha256 = known.get(path) or (path.stat().st_size, sha256_file(path))
             entries.append({"path": path.relative_to(root).as_posix(), "bytes": size,
                             "sha256": sha256})
     return entries
@@ -564,14 +564,6 @@ def _uploader(local: Path, remote: str) -> Any:
         logger.setLevel(level)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _version() -> str:
     try:
         return importlib.import_module("pretrain").__version__
@@ -612,7 +604,7 @@ def verify_dataset(out_dir: Path, checksums: bool = False) -> None:
             problem = "is missing"
         elif path.stat().st_size != entry["bytes"]:
             problem = f"has {path.stat().st_size} bytes, the manifest says {entry['bytes']}"
-        elif checksums and _sha256(path) != entry["sha256"]:
+        elif checksums and sha256_file(path) != entry["sha256"]:
             problem = "does not match its sha256 in the manifest"
         else:
             continue
@@ -625,7 +617,7 @@ def check_tokenizer(manifest: dict[str, Any], tokenizer_path: str | Path) -> Non
     path = Path(tokenizer_path)
     if not path.is_file():
         raise DataError(f"tokenizer file not found: {path}; fix tokenizer.path")
-    found, expected = _sha256(path), manifest["tokenizer"]["sha256"]
+    found, expected = sha256_file(path), manifest["tokenizer"]["sha256"]
     if found != expected:
         raise DataError(f"{path}: sha256 {found[:12]}... differs from the tokenizer the dataset "
                         f"was prepared with ({expected[:12]}...): its token ids would be "

@@ -25,7 +25,10 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from pretrain import faults
 from pretrain.config import Config
+from pretrain.model import causal_lm_loss
+from pretrain.parallel.ds_config import deepspeed_config
 from pretrain.parallel.topology import ParallelLayout
 from pretrain.schedule import lr_multiplier
 
@@ -75,6 +78,11 @@ class Engine:
         """One optimizer step over this rank's micro-batches; returns the global mean loss."""
         raise NotImplementedError
 
+    def loss_terms(self, logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        """(objective, cross-entropy) summed over the targets, as both engines compute them."""
+        objective, cross_entropy = causal_lm_loss(logits, labels, self.z_loss)
+        return faults.poison(objective), cross_entropy
+
     def global_targets(self, micro_batches: list[MicroBatch]) -> Tensor:
         """Targets (labels != -100) in the whole global batch; a collective over all ranks.
 
@@ -112,11 +120,16 @@ class Engine:
         return float(norm) if norm is not None else float("nan")
 
 
-def build_engine(config: Config, layout: ParallelLayout, precision: str) -> Engine:
+def build_engine(config: Config, layout: ParallelLayout, precision: str,
+                 load_universal: bool = False) -> Engine:
+    """The configured engine. load_universal: it will load a universal (resharded) checkpoint."""
+    ds_config = deepspeed_config(config, layout, precision)
+    if load_universal:
+        ds_config["checkpoint"] = {"load_universal": True}
     if config.parallel.engine == "pipeline":
         from pretrain.parallel.pipeline import PipelineEngine
 
-        return PipelineEngine(config, layout, precision)
+        return PipelineEngine(config, layout, ds_config)
     from pretrain.parallel.zero import ZeroEngine
 
-    return ZeroEngine(config, layout, precision)
+    return ZeroEngine(config, layout, ds_config)

@@ -19,14 +19,16 @@ weights of a plain `Transformer` with the same seed.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from pretrain.activation_checkpointing import run_block
 from pretrain.config import Config, ModelConfig
-from pretrain.model import Block, Embedding, Linear, RMSNorm, causal_lm_loss, rotary_tables
-from pretrain.parallel.ds_config import deepspeed_config
+from pretrain.model import Block, Embedding, Linear, RMSNorm, rotary_tables
 from pretrain.parallel.engine import Engine, MicroBatch
 from pretrain.parallel.topology import ParallelLayout
 
@@ -91,13 +93,13 @@ class PipelineLoss:
     It also sums the plain cross-entropy of the step, for the logged loss.
     """
 
-    def __init__(self, z_loss: float) -> None:
-        self.z_loss = z_loss
+    def __init__(self) -> None:
+        self.loss_terms: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None = None
         self.cross_entropy_sum: Tensor | None = None  # this step's, on the last stage only
 
     def __call__(self, logits: Tensor, labels_and_weight: tuple[Tensor, Tensor]) -> Tensor:
         labels, weight = labels_and_weight
-        objective, cross_entropy = causal_lm_loss(logits, labels, self.z_loss)
+        objective, cross_entropy = self.loss_terms(logits, labels)
         if self.cross_entropy_sum is None:
             self.cross_entropy_sum = torch.zeros((), device=logits.device)
         self.cross_entropy_sum += cross_entropy.detach()
@@ -127,12 +129,12 @@ def pipeline_module(cfg: ModelConfig, layout: ParallelLayout, seed: int, checkpo
 
 
 class PipelineEngine(Engine):
-    def __init__(self, config: Config, layout: ParallelLayout, precision: str) -> None:
-        ds_config = deepspeed_config(config, layout, precision)
-        self.loss_fn = PipelineLoss(config.optim.z_loss)
+    def __init__(self, config: Config, layout: ParallelLayout, ds_config: dict[str, Any]) -> None:
+        self.loss_fn = PipelineLoss()
         module = pipeline_module(config.model, layout, config.train.seed,
                                  config.parallel.activation_checkpointing, self.loss_fn)
         super().__init__(module, config, layout, ds_config)
+        self.loss_fn.loss_terms = self.loss_terms
 
     def train_step(self, micro_batches: list[MicroBatch]) -> float:
         targets = self.global_targets(micro_batches)

@@ -11,20 +11,20 @@ NVMe (`parallel.offload_*`). Sizes of the communication buckets: pretrain/parall
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from pretrain.config import Config
-from pretrain.model import Transformer, causal_lm_loss
-from pretrain.parallel.ds_config import deepspeed_config
+from pretrain.model import Transformer
 from pretrain.parallel.engine import Engine, MicroBatch
 from pretrain.parallel.topology import ParallelLayout
 
 
 class ZeroEngine(Engine):
-    def __init__(self, config: Config, layout: ParallelLayout, precision: str) -> None:
+    def __init__(self, config: Config, layout: ParallelLayout, ds_config: dict[str, Any]) -> None:
         import deepspeed
 
-        ds_config = deepspeed_config(config, layout, precision)
         sharded = config.parallel.resolved_zero_stage() == 3
         with deepspeed.zero.Init(config_dict_or_path=ds_config, enabled=sharded):
             model = Transformer(config.model, init_seed=config.train.seed,
@@ -37,7 +37,7 @@ class ZeroEngine(Engine):
         cross_entropy_sum = torch.zeros((), device=self.device)
         for batch in micro_batches:
             logits = self.deepspeed(batch["input_ids"], batch["doc_ids"])
-            objective, cross_entropy = causal_lm_loss(logits, batch["labels"], self.z_loss)
+            objective, cross_entropy = self.loss_terms(logits, batch["labels"])
             self.deepspeed.backward(objective * weight)
             self.deepspeed.step()  # DeepSpeed steps the optimizer after the last micro-batch
             cross_entropy_sum += cross_entropy.detach()

@@ -1,0 +1,155 @@
+"""Resharding: resume a checkpoint on another parallel layout, through a universal checkpoint.
+
+DeepSpeed saves ZeRO state partitioned over the data-parallel ranks and refuses to load it on
+another data-parallel size. `convert_to_universal` runs DeepSpeed's converter
+(deepspeed.checkpoint.ds_to_universal) in a subprocess: it writes every parameter whole (fp32
+weights and both Adam moments, `zero/<parameter name>/*.pt`, plus `zero/optimizer_state.pt`)
+next to copies of the `*model_states.pt` files, which carry our client state, the lr scheduler
+and DeepSpeed's step counters. To load it, on every rank:
+
+    ds_config["checkpoint"] = universal_load_config()    # before deepspeed.initialize
+    engine.load_checkpoint(**load_arguments(universal))   # returns our client_state
+    repair_after_universal_load(engine, universal)        # DeepSpeed 0.19 ZeRO-3 faults
+
+Layout changes, measured on the tiny model (2 layers, tied embeddings):
+- zero3 (ZeRO-3): any data-parallel size to any other (2 -> 1, 1 -> 2 ranks).
+- pipeline (ZeRO-1): any data-parallel size, and another number of stages (2 -> 1): the
+  parameters are stored by layer index, not by stage.
+Not possible: zero3 <-> pipeline (the parameter names differ), another ZeRO stage.
+Weights, Adam state, Adam step, lr schedule and client state come back exactly: on the same
+layout a universal resume gives bitwise the losses of an uninterrupted run; on another
+data-parallel size the sums run in another order, so losses agree to about 1e-7 relative.
+
+The folder converted from a checkpoint loads on any layout: convert once, on one process,
+while the others wait. RNG files and meta.json stay in the original checkpoint folder.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pretrain.errors import InputError
+
+UNIVERSAL = "universal"  # the converted folder, inside the checkpoint folder it came from
+
+# DeepSpeed's converter, run as `python -c`. Our engines record no universal-checkpoint info
+# (Megatron's models do), so the converter's --inject_missing_state fills in its version; this
+# also says that a pipeline's tied embedding ("tied_modules.*", held by the first and the last
+# stage, partitioned differently in each) is to be read from the first stage only. Without it
+# both stages write the same fragment files and a conversion with several workers can mix them.
+_CONVERTER = r"""
+from deepspeed.checkpoint import ds_to_universal as converter
+from deepspeed.checkpoint.constants import (
+    PIPELINE_REPLICATED_PARAMETER_PATTERNS as REPLICATED, UNIVERSAL_CHECKPOINT_INFO as INFO,
+    UNIVERSAL_CHECKPOINT_VERSION_KEY as VERSION, UNIVERSAL_CHECKPOINT_VERSION_VALUE as VALUE)
+
+def inject_missing_state(checkpoint):
+    info = dict(checkpoint.get_checkpoint_info(INFO) or {})
+    info.setdefault(VERSION, VALUE)
+    info.setdefault(REPLICATED, [r"tied_modules\."])
+    checkpoint.global_state[INFO] = info
+
+converter._inject_missing_state = inject_missing_state
+converter.main(converter.parse_arguments())
+"""
+
+
+class ReshardError(InputError, RuntimeError):
+    """A checkpoint that could not be converted or loaded; the message names it."""
+
+
+def universal_dir(checkpoint_dir: Path) -> Path:
+    """Where the universal form of a checkpoint folder goes (so it is pruned along with it)."""
+    return Path(checkpoint_dir) / UNIVERSAL
+
+
+def universal_load_config() -> dict[str, Any]:
+    """What to merge into ds_config["checkpoint"] for the engine to load a universal folder."""
+    return {"load_universal": True}
+
+
+def load_arguments(universal: Path) -> dict[str, str]:
+    """`engine.load_checkpoint(**load_arguments(universal))`: the folder's parent and name."""
+    return {"load_dir": str(Path(universal).parent), "tag": Path(universal).name}
+
+
+def convert_to_universal(checkpoint_dir: Path, output_dir: Path, *,
+                         inject_missing_state: bool = True, workers: int = 1,
+                         timeout_s: float | None = None) -> None:
+    """Convert a DeepSpeed checkpoint folder into a universal one at `output_dir`.
+
+    The converter writes into a hidden sibling folder, which takes the name `output_dir` only
+    once the converter succeeded and its files are on disk; a crash never leaves a folder that
+    looks converted. An existing `output_dir` is kept. inject_missing_state: fill in the
+    universal-checkpoint info our engines do not record (needed by ZeRO-1/2, that is the
+    pipeline engine; ZeRO-3 does not read it). workers: processes extracting and merging shards.
+    """
+    checkpoint_dir, output_dir = Path(checkpoint_dir), Path(output_dir)
+    if output_dir.is_dir():
+        return
+    if not any(checkpoint_dir.glob("*_optim_states.pt")):
+        raise ReshardError(f"{checkpoint_dir}: no DeepSpeed optimizer shards (*_optim_states.pt) "
+                           "to convert to a universal checkpoint")
+    # The converter also writes `latest_universal` beside its output folder: both stay inside
+    # the partial folder, and only the converted folder moves into place. The partial folder is
+    # never inside the checkpoint folder: the ZeRO-1/2 converter reads every file under it.
+    inside = checkpoint_dir.resolve() in output_dir.resolve().parents
+    partial = ((checkpoint_dir.parent if inside else output_dir.parent)
+               / f".{checkpoint_dir.name}.{output_dir.name}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    converted = partial / output_dir.name
+    command = [sys.executable, "-c", _CONVERTER, "--input_folder", str(checkpoint_dir),
+               "--output_folder", str(converted), "--num_extract_workers", str(workers),
+               "--num_merge_workers", str(workers)]
+    if inject_missing_state:
+        command.append("--inject_missing_state")
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise ReshardError(f"{checkpoint_dir}: conversion to a universal checkpoint took more "
+                           f"than {timeout_s} s") from None
+    if result.returncode != 0 or not (converted / "zero" / "optimizer_state.pt").is_file():
+        shutil.rmtree(partial, ignore_errors=True)
+        output = (result.stdout + result.stderr).strip().splitlines()
+        raise ReshardError(f"{checkpoint_dir}: conversion to a universal checkpoint failed "
+                           f"(exit {result.returncode}):\n" + "\n".join(output[-15:]))
+    for path in converted.rglob("*"):
+        if path.is_file():
+            with open(path, "rb") as handle:
+                os.fsync(handle.fileno())
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    converted.rename(output_dir)
+    shutil.rmtree(partial, ignore_errors=True)
+
+
+def repair_after_universal_load(engine: Any, universal: Path) -> None:
+    """Call right after `engine.load_checkpoint` of a universal folder, on every rank.
+
+    It undoes two faults of DeepSpeed 0.19's ZeRO-3 universal load (stage3.py,
+    load_hp_checkpoint_state_from_checkpoint_dir_stage3); under ZeRO-1/2 it changes nothing.
+    - Every param group gets the first group's hyperparameters, so the norm weights would get
+      the matrices' weight decay: each group's saved values are set again.
+    - Every param group's Adam state gets one shared `step` tensor, which torch's Adam then
+      increments in place once per group (step 4 -> 6 -> 8 with our two groups, a wrong bias
+      correction): each state gets its own copy.
+    """
+    saved = torch.load(Path(universal) / "zero" / "optimizer_state.pt", map_location="cpu",
+                       weights_only=False)["param_groups"]
+    optimizer = engine.optimizer.optimizer  # the torch optimizer inside DeepSpeed's ZeRO one
+    if len(saved) != len(optimizer.param_groups):
+        raise ReshardError(f"{universal}: {len(saved)} optimizer param groups saved, the "
+                           f"optimizer has {len(optimizer.param_groups)}")
+    for group, saved_group in zip(optimizer.param_groups, saved, strict=True):
+        group.update({key: value for key, value in saved_group.items() if key != "params"})
+    for state in optimizer.state.values():
+        if torch.is_tensor(state.get("step")):
+            state["step"] = state["step"].clone()

@@ -1,0 +1,203 @@
+"""Checkpoints that survive kill -9, signals, corruption, crashes mid-save and divergence.
+
+Every run is the real CLI in its own processes (one, or two gloo ranks under torchrun), killed
+and restarted the way a cluster does it. "Bitwise" means the logged losses are equal floats.
+"""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from cli_runs import TINY, command, environment, losses, ok, prepare_dataset, pretrain
+
+from pretrain.checkpoint import LATEST, META, checkpoint_root, find_resumable, verify
+from pretrain.faults import CRASH_EXIT_CODE
+from pretrain.guard import GUARD_FILE
+from pretrain.metrics import read_metrics
+from pretrain.signals import REQUEUE_EXIT_CODE
+
+STEPS = 20
+INTERVAL = 5
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    return prepare_dataset(tmp_path_factory.mktemp("prepared"))
+
+
+@pytest.fixture(scope="module")
+def straight(dataset, tmp_path_factory) -> dict[int, list[float]]:
+    """Uninterrupted runs (1 and 2 ranks): the curves the interrupted ones must reproduce."""
+    curves = {}
+    for processes in (1, 2):
+        root = tmp_path_factory.mktemp(f"straight{processes}")
+        ok(pretrain("train", *common(dataset), f"run.dir={root / 'run'}", cwd=root,
+                    processes=processes))
+        curves[processes] = losses(root / "run")
+    return curves
+
+
+def common(dataset: Path) -> list[str]:
+    return [*TINY, f"data.dataset={dataset}", f"train.max_steps={STEPS}",
+            f"checkpoint.interval={INTERVAL}", "guard.spike_factor=0"]
+
+
+def start(*args: str, cwd: Path, processes: int = 1, env: dict | None = None) -> subprocess.Popen:
+    """Like cli_runs.pretrain, but in the background and in its own process group."""
+    return subprocess.Popen(command(*args, processes=processes), cwd=cwd, env=environment(env),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+
+
+def wait_for_step(process: subprocess.Popen, run_dir: Path, step: int) -> None:
+    deadline = time.monotonic() + 300
+    while len(read_metrics(run_dir / "metrics.jsonl")) < step:
+        assert process.poll() is None, process.stdout.read()[-3000:]
+        assert time.monotonic() < deadline, "the run did not reach the step in time"
+        time.sleep(0.05)
+
+
+def ranks_of(process: subprocess.Popen, processes: int) -> list[int]:
+    """PIDs of the training processes: the process itself, or torchrun's workers."""
+    if processes == 1:
+        return [process.pid]
+    children = Path(f"/proc/{process.pid}/task/{process.pid}/children")
+    while len(pids := children.read_text().split()) < processes:
+        time.sleep(0.05)
+    return [int(pid) for pid in pids]
+
+
+def test_kill_minus_9_mid_run_then_restart_continues_bitwise(dataset, straight, tmp_path):
+    run_dir = tmp_path / "run"
+    args = ["train", *common(dataset), f"run.dir={run_dir}"]
+    kill_after = random.choice([s for s in range(INTERVAL + 2, STEPS - 2) if s % INTERVAL])
+    process = start(*args, cwd=tmp_path, processes=2)
+    wait_for_step(process, run_dir, kill_after)
+    os.killpg(process.pid, signal.SIGKILL)  # torchrun and both ranks, no cleanup at all
+    process.wait()
+    resumed = ok(pretrain(*args, cwd=tmp_path, processes=2))
+    assert "resumed from step" in resumed.stdout
+    assert losses(run_dir) == straight[2], f"killed after step {kill_after}"
+
+
+def test_sigusr1_saves_exits_for_requeue_and_continues_bitwise(dataset, straight, tmp_path):
+    run_dir = tmp_path / "run"
+    args = ["train", *common(dataset), f"run.dir={run_dir}"]
+    process = start(*args, cwd=tmp_path, processes=2)
+    wait_for_step(process, run_dir, 7)
+    first_rank = ranks_of(process, 2)[0]
+    os.kill(first_rank, signal.SIGUSR1)  # one rank only: the other must stop with it
+    time.sleep(0.05)
+    os.kill(first_rank, signal.SIGTERM)  # a second signal while it saves changes nothing
+    output = process.communicate(timeout=300)[0]
+    assert f"exitcode  : {REQUEUE_EXIT_CODE}" in output or process.returncode == REQUEUE_EXIT_CODE
+    assert "[requeue] SIGUSR1 received: saved step" in output
+    folder, meta = find_resumable(run_dir)
+    assert meta["step"] == len(losses(run_dir)) < STEPS  # saved where it stopped, off-interval
+    verify(folder, checksums=True)
+    resumed = ok(pretrain(*args, cwd=tmp_path, processes=2))
+    assert f"resumed from step {meta['step']}" in resumed.stdout
+    assert losses(run_dir) == straight[2]
+
+
+def test_single_process_requeue_status(dataset, tmp_path):
+    run_dir = tmp_path / "run"
+    process = start("train", *common(dataset), f"run.dir={run_dir}", cwd=tmp_path)
+    wait_for_step(process, run_dir, 3)
+    os.kill(process.pid, signal.SIGUSR1)
+    process.communicate(timeout=300)
+    assert process.returncode == REQUEUE_EXIT_CODE
+
+
+def test_crash_between_files_of_a_save_keeps_the_previous_checkpoint(dataset, straight,
+                                                                       tmp_path):
+    run_dir = tmp_path / "run"
+    args = ["train", *common(dataset), f"run.dir={run_dir}"]
+    crashed = pretrain(*args, cwd=tmp_path, env={"SIYADA_FAULT": "save@10"})
+    assert crashed.returncode == CRASH_EXIT_CODE, crashed.stdout[-2000:]
+    half_written = checkpoint_root(run_dir) / "step_00000010"
+    assert half_written.is_dir() and not (half_written / META).exists()
+    assert (checkpoint_root(run_dir) / LATEST).read_text().strip() == "step_00000005"
+    resumed = ok(pretrain(*args, cwd=tmp_path))
+    assert "skipping" in resumed.stdout and "step_00000010: no meta.json" in resumed.stdout
+    assert "resumed from step 5" in resumed.stdout
+    assert losses(run_dir) == straight[1]
+
+
+@pytest.mark.parametrize("damage", ["truncate", "delete", "flip a byte"])
+def test_a_damaged_newest_checkpoint_is_reported_and_skipped(dataset, tmp_path, damage):
+    run_dir = tmp_path / "run"
+    args = ["train", *common(dataset), f"run.dir={run_dir}", "checkpoint.verify_checksums=true"]
+    ok(pretrain(*args, "train.stop_at_step=10", cwd=tmp_path))
+    newest = checkpoint_root(run_dir) / "step_00000010"
+    victim = max(newest.rglob("*.pt"), key=lambda path: path.stat().st_size)
+    content = victim.read_bytes()
+    if damage == "truncate":
+        victim.write_bytes(content[:100])
+    elif damage == "delete":
+        victim.unlink()
+    else:  # same size, one bit off: only the checksum can tell
+        victim.write_bytes(content[:-1] + bytes([content[-1] ^ 1]))
+    result = ok(pretrain(*args, cwd=tmp_path))
+    assert f"skipping {newest}" in result.stdout
+    assert "resumed from step 5" in result.stdout
+
+
+def test_a_nan_step_is_rolled_back_and_its_batch_skipped(dataset, straight, tmp_path):
+    run_dir = tmp_path / "run"
+    result = ok(pretrain("train", *common(dataset), f"run.dir={run_dir}", cwd=tmp_path,
+                         env={"SIYADA_FAULT": "nan@7"}))
+    assert "[guard] step 7: non-finite loss" in result.stdout
+    assert "rolled back to step_00000005" in result.stdout
+    record = json.loads((run_dir / GUARD_FILE).read_text())
+    assert record["skipped_batches"] == [7]
+    rows = read_metrics(run_dir / "metrics.jsonl")
+    assert [row["step"] for row in rows] == list(range(1, STEPS + 1))  # one continuous curve
+    curve = [row["loss"] for row in rows]
+    assert curve[:6] == straight[1][:6]  # before the bad batch: the same run
+    assert all(loss == loss for loss in curve) and curve[-1] < curve[0] - 0.1
+    assert rows[-1]["skipped_batches"] == 1
+    # Batch 7 was skipped, so step 7 onwards trained on batches 8, 9, ...: not the same curve.
+    assert curve[6] != straight[1][6]
+
+
+def test_retention_keeps_the_last_k_and_every_nth_and_mirrors(dataset, tmp_path):
+    run_dir, mirror = tmp_path / "run", tmp_path / "mirror"
+    ok(pretrain("train", *common(dataset), f"run.dir={run_dir}", "checkpoint.keep_last=2",
+                "checkpoint.keep_every=10", f"checkpoint.mirror_dir={mirror}", cwd=tmp_path))
+    kept = ["step_00000010", "step_00000015", "step_00000020"]
+    assert sorted(p.name for p in checkpoint_root(run_dir).glob("step_*")) == kept
+    assert sorted(p.name for p in mirror.glob("step_*")) == kept
+    assert (mirror / LATEST).read_text().strip() == "step_00000020"
+    verify(mirror / "step_00000020", checksums=True)
+
+
+@pytest.mark.parametrize("change, message", [
+    ("data.mixture.temperature=2.0", "mixture.temperature: 1.0 -> 2.0"),
+    ("train.micro_batch_size=4", "global_batch: 8 -> 4"),
+])
+def test_a_checkpoint_of_other_settings_is_refused_unless_allowed(dataset, tmp_path, change,
+                                                                  message):
+    run_dir = tmp_path / "run"
+    args = ["train", *common(dataset), f"run.dir={run_dir}"]
+    ok(pretrain(*args, "train.stop_at_step=5", cwd=tmp_path))
+    refused = pretrain(*args, change, cwd=tmp_path)
+    assert refused.returncode == 2 and message in refused.stderr
+    assert "checkpoint.allow_config_change=true" in refused.stderr
+    allowed = ok(pretrain(*args, change, "checkpoint.allow_config_change=true",
+                          "train.stop_at_step=6", cwd=tmp_path))
+    assert "resumed from step 5" in allowed.stdout and message in allowed.stdout
+
+
+def test_another_engine_is_refused_clearly(dataset, tmp_path):
+    run_dir = tmp_path / "run"
+    args = ["train", *common(dataset), f"run.dir={run_dir}"]
+    ok(pretrain(*args, "train.stop_at_step=5", cwd=tmp_path))
+    refused = pretrain(*args, "parallel.engine=pipeline", cwd=tmp_path)
+    assert refused.returncode == 2
+    assert "saved with parallel engine zero3, this run has pipeline" in refused.stderr
