@@ -125,21 +125,21 @@ def check_compatible(folder: Path, meta: dict[str, Any], identity: dict[str, Any
 def layout_change(folder: Path, meta: dict[str, Any], identity: dict[str, Any]) -> str | None:
     """None if the checkpoint's layout is ours; the change if it can be resharded; else raise.
 
-    Supported: another number of data-parallel ranks, same engine and pipeline stages (ZeRO-3
-    and pipeline + ZeRO-1, through a universal checkpoint). Refused: another engine, another
-    number of pipeline stages, another ZeRO stage.
+    Supported (through a universal checkpoint, pretrain/reshard.py): another number of
+    data-parallel ranks with either engine, and another number of pipeline stages with the
+    pipeline engine. Refused: another engine or another ZeRO stage (other file layouts).
     """
     old, new = meta["identity"]["layout"], identity["layout"]
     if old == new:
         return None
-    for key in ("engine", "pipeline_stages", "zero_stage"):
+    for key in ("engine", "zero_stage"):
         if old[key] != new[key]:
             raise CheckpointError(
                 f"{folder}: saved with parallel {key.replace('_', ' ')} {old[key]}, this run has "
-                f"{new[key]}; only the number of data-parallel ranks may change on resume. "
-                f"Launch with {key} {old[key]} (e.g. on {old['world_size']} ranks)")
-    return (f"{old['data_parallel']} -> {new['data_parallel']} data-parallel ranks "
-            f"({old['world_size']} -> {new['world_size']} ranks)")
+                f"{new[key]}; a checkpoint resumes only with the engine and ZeRO stage it was "
+                f"saved with (set parallel.{key}={old[key]})")
+    return (f"{old['pipeline_stages']} x {old['data_parallel']} -> {new['pipeline_stages']} x "
+            f"{new['data_parallel']} (pipeline stages x data-parallel ranks)")
 
 
 # --- saving ----------------------------------------------------------------------------------

@@ -11,14 +11,15 @@ and DeepSpeed's step counters. To load it, on every rank:
     engine.load_checkpoint(**load_arguments(universal))   # returns our client_state
     repair_after_universal_load(engine, universal)        # DeepSpeed 0.19 ZeRO-3 faults
 
-Layout changes, measured on the tiny model (2 layers, tied embeddings):
-- zero3 (ZeRO-3): any data-parallel size to any other (2 -> 1, 1 -> 2 ranks).
-- pipeline (ZeRO-1): any data-parallel size, and another number of stages (2 -> 1): the
-  parameters are stored by layer index, not by stage.
-Not possible: zero3 <-> pipeline (the parameter names differ), another ZeRO stage.
-Weights, Adam state, Adam step, lr schedule and client state come back exactly: on the same
-layout a universal resume gives bitwise the losses of an uninterrupted run; on another
-data-parallel size the sums run in another order, so losses agree to about 1e-7 relative.
+Layout changes, measured on the tiny model (tied embeddings, fp32 and bf16):
+- zero3 (ZeRO-3, also with the optimizer offloaded): any data-parallel size to any other.
+- pipeline (ZeRO-1): any data-parallel size, and another number of stages too (2 -> 1 and
+  2 -> 3 measured): the parameters are stored by layer index, not by stage.
+Not possible: zero3 <-> pipeline (other parameter names), ZeRO-3 <-> ZeRO-1/2 (other file names:
+DeepSpeed finds no model states). Weights, Adam moments and step, lr schedule and client state
+come back exactly: on the same layout a universal resume repeats an uninterrupted run's losses
+bitwise; on another data-parallel size the sums run in another order (as in any run on that
+size), so the losses agree to ~1e-7 relative in fp32 and ~1e-6 in bf16.
 
 The folder converted from a checkpoint loads on any layout: convert once, on one process,
 while the others wait. RNG files and meta.json stay in the original checkpoint folder.
@@ -40,10 +41,11 @@ from pretrain.errors import InputError
 UNIVERSAL = "universal"  # the converted folder, inside the checkpoint folder it came from
 
 # DeepSpeed's converter, run as `python -c`. Our engines record no universal-checkpoint info
-# (Megatron's models do), so the converter's --inject_missing_state fills in its version; this
-# also says that a pipeline's tied embedding ("tied_modules.*", held by the first and the last
-# stage, partitioned differently in each) is to be read from the first stage only. Without it
-# both stages write the same fragment files and a conversion with several workers can mix them.
+# (Megatron's models do), so --inject_missing_state fills in its version; this one also says
+# that a pipeline's tied embedding ("tied_modules.*", held by the first and the last stage, and
+# partitioned differently in each) is to be read from the first stage only. Otherwise both
+# stages write the same fragment files: with several workers a conversion then mixes them and
+# fails at random (3 of 6 tries), and even in order the first stage's extra fragments can stay.
 _CONVERTER = r"""
 from deepspeed.checkpoint import ds_to_universal as converter
 from deepspeed.checkpoint.constants import (
@@ -85,9 +87,10 @@ def convert_to_universal(checkpoint_dir: Path, output_dir: Path, *,
                          timeout_s: float | None = None) -> None:
     """Convert a DeepSpeed checkpoint folder into a universal one at `output_dir`.
 
-    The converter writes into a hidden sibling folder, which takes the name `output_dir` only
-    once the converter succeeded and its files are on disk; a crash never leaves a folder that
-    looks converted. An existing `output_dir` is kept. inject_missing_state: fill in the
+    The converter writes into a hidden folder beside `output_dir` (or beside the checkpoint
+    folder, if `output_dir` is inside it), which takes the name `output_dir` only once the
+    converter succeeded and its files are on disk: a crash never leaves a folder that looks
+    converted. An existing `output_dir` is kept. inject_missing_state: fill in the
     universal-checkpoint info our engines do not record (needed by ZeRO-1/2, that is the
     pipeline engine; ZeRO-3 does not read it). workers: processes extracting and merging shards.
     """
@@ -142,8 +145,9 @@ def repair_after_universal_load(engine: Any, universal: Path) -> None:
       increments in place once per group (step 4 -> 6 -> 8 with our two groups, a wrong bias
       correction): each state gets its own copy.
     """
+    # mmap: the file also holds one rank's optimizer shard, which is not needed here
     saved = torch.load(Path(universal) / "zero" / "optimizer_state.pt", map_location="cpu",
-                       weights_only=False)["param_groups"]
+                       weights_only=False, mmap=True)["param_groups"]
     optimizer = engine.optimizer.optimizer  # the torch optimizer inside DeepSpeed's ZeRO one
     if len(saved) != len(optimizer.param_groups):
         raise ReshardError(f"{universal}: {len(saved)} optimizer param groups saved, the "

@@ -198,9 +198,9 @@ class Trainer:
         client_state = checkpoint.load(self.engine.deepspeed, plan.folder, self.topology,
                                        plan.universal_dir)
         if plan.universal_dir is not None:
-            from pretrain.reshard import restore_param_groups
+            from pretrain.reshard import repair_after_universal_load
 
-            restore_param_groups(self.engine.deepspeed, plan.universal_dir)
+            repair_after_universal_load(self.engine.deepspeed, plan.universal_dir)
         self.progress = Progress(client_state["step"], client_state["tokens_seen"],
                                  client_state["batches"])
         self.loader.load_state_dict(client_state["loader"])

@@ -218,6 +218,10 @@ def init_distributed() -> Topology:
 
     topology = topology_from_env()
     os.environ.update(rendezvous_env(topology))
+    if not torch.cuda.is_available():
+        # DeepSpeed's CPU accelerator counts "devices" by running `numactl --hardware` on every
+        # ZeRO-3 gradient bucket unless LOCAL_SIZE says how many ranks share the node.
+        os.environ.setdefault("LOCAL_SIZE", str(topology.local_world_size))
     if torch.cuda.is_available():
         torch.cuda.set_device(topology.local_rank)
     if not torch.distributed.is_initialized():
