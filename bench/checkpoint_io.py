@@ -42,22 +42,21 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import logging
 import os
 import platform
 import resource
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from benchlib import cpu_flags, machine, write_results  # noqa: E402  (bench/ is on sys.path)
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -242,20 +241,13 @@ def balloon_free_page_reporting() -> bool | None:
 # ---------------------------------------------------------------------------------------------
 
 def device_info() -> dict[str, Any]:
-    model = next((line.split(":", 1)[1].strip() for line in
-                  Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor())
-    flags = next((line.split(":", 1)[1].split() for line in
-                  Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("flags")), [])
-    versions = {name: metadata.version(name) for name in ("torch", "deepspeed", "numpy")}
     info: dict[str, Any] = {
-        "device": "cuda" if torch.cuda.is_available() else "cpu", "cpu": model,
-        "cpu_sha_ni": "sha_ni" in flags, "kernel": platform.release(),
-        "balloon_free_page_reporting": balloon_free_page_reporting(), "cores": os.cpu_count(),
-        "usable_cores": len(os.sched_getaffinity(0)), "torch_threads": torch.get_num_threads(),
-        "memory_gib": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30,
-        "python": platform.python_version(), **versions}
+        "device": "cuda" if torch.cuda.is_available() else "cpu",
+        **machine(("torch", "deepspeed", "numpy")),
+        "cpu_sha_ni": "sha_ni" in cpu_flags(), "kernel": platform.release(),
+        "balloon_free_page_reporting": balloon_free_page_reporting(),
+        "torch_threads": torch.get_num_threads(),
+        "memory_gib": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30}
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
     return info
@@ -481,10 +473,7 @@ def main() -> None:
               f"{probe['pause_seconds']:.0f} s idle; balloon free page reporting: "
               f"{output['device']['balloon_free_page_reporting']}")
     print("\n".join(notes))
-    out = args.out or (ROOT / "bench" / "results"
-                       / f"checkpoint_io_{socket.gethostname() or 'cpu'}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(output, indent=2) + "\n", encoding="utf-8")
+    out = write_results("checkpoint_io", output, args.out)
     print(f"wrote {out} ({output['total_seconds']:.0f} s)")
 
 

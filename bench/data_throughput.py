@@ -30,13 +30,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import socket
 import sys
 import tempfile
 import time
-from importlib import metadata
 from pathlib import Path
+
+from benchlib import machine, write_results  # noqa: E402  (bench/ is on sys.path)
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -141,14 +140,7 @@ def bench_loader(dataset: Path, workers: int, seq_len: int, micro_batch: int,
 
 
 def device() -> dict[str, object]:
-    model = next((line.split(":", 1)[1].strip() for line in
-                  Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor())
-    versions = {name: metadata.version(package) for name, package in
-                (("torch", "torch"), ("tokenizers", "tokenizers"),
-                 ("streaming", "mosaicml-streaming"), ("numpy", "numpy"))}
-    return {"cpu": model, "cores": os.cpu_count(), "usable_cores": len(os.sched_getaffinity(0)),
-            "python": platform.python_version(), **versions}
+    return machine(("torch", "tokenizers", "mosaicml-streaming", "numpy"))
 
 
 def main() -> None:
@@ -205,9 +197,7 @@ def main() -> None:
     for workers, row in loader.items():
         print(f"{f'loader, {workers} workers (1 rank)':<34}{'':>6}{'':>8}{'':>11}"
               f"{row['tokens_per_s']:>12,.0f}{'':>12}{'':>8}")
-    out = ROOT / "bench" / "results" / f"data_throughput_{socket.gethostname() or 'cpu'}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    out = write_results("data_throughput", results)
     print(f"wrote {out.relative_to(ROOT)}")
 
 

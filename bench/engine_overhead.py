@@ -61,7 +61,6 @@ import argparse
 import json
 import logging
 import os
-import platform
 import resource
 import socket
 import statistics
@@ -72,9 +71,10 @@ import textwrap
 import time
 import warnings
 from collections.abc import Callable
-from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from benchlib import machine, write_results  # noqa: E402  (bench/ is on sys.path)
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -436,14 +436,8 @@ def loss_check(launches: list[dict[str, Any]], global_sequences: int) -> dict[st
 
 
 def device() -> dict[str, Any]:
-    model = next((line.split(":", 1)[1].strip() for line in
-                  Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor())
-    versions = {name: metadata.version(name) for name in ("torch", "deepspeed", "numpy")}
-    return {"device": "cpu", "cpu": model, "cores": os.cpu_count(),
-            "usable_cores": len(os.sched_getaffinity(0)),
-            "torch_default_threads": torch.get_num_threads(),
-            "python": platform.python_version(), **versions}
+    return {"device": "cpu", **machine(("torch", "deepspeed", "numpy")),
+            "torch_default_threads": torch.get_num_threads()}
 
 
 def main() -> None:
@@ -566,10 +560,7 @@ def main() -> None:
           f"{loss['max_difference']:.1e} ({loss['rows']} rows)")
     for note in NOTES:
         print(textwrap.fill(note, width=100, subsequent_indent="  "))
-    out = args.out or (ROOT / "bench" / "results"
-                       / f"engine_overhead_{socket.gethostname() or 'cpu'}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    out = write_results("engine_overhead", results, args.out)
     print(f"wrote {out} ({results['total_seconds']:.0f} s)")
 
 
