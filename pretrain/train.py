@@ -303,6 +303,7 @@ class Trainer:
             step = progress.step
             if step % config.logging.log_interval == 0 or step == stop_at:
                 self._log(metrics, bar, loss_value, grad_norm, elapsed)
+            faults.hang_point(step, topology.rank, released=lambda: watch.reason() is not None)
 
             saved = False
             if step % config.checkpoint.interval == 0 or step == stop_at:
@@ -382,10 +383,12 @@ def train(config: Config) -> TrainResult:
         _main_print(topology, f"[done] {run_dir} already reached step {trainer.progress.step}; "
                     "nothing to do (raise train.max_steps to continue, or delete the run "
                     "directory to start over)")
+        dist.barrier()  # no rank leaves while another still sets up (streaming's shared memory)
         return TrainResult(run_dir=run_dir, step=trainer.progress.step, final_loss=math.nan,
                            checkpoint=None)
 
     result = trainer.run()
+    dist.barrier()
     if topology.is_main and not result.requeue:
         plot = run_dir / "loss.png"
         plot_loss_curve(run_dir / "metrics.jsonl", plot)

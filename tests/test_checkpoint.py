@@ -62,6 +62,12 @@ def wait_for_step(process: subprocess.Popen, run_dir: Path, step: int) -> None:
         time.sleep(0.05)
 
 
+def rank_of(pid: int) -> int:
+    """The RANK torchrun gave a worker process."""
+    environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return int(next(item for item in environ if item.startswith(b"RANK="))[5:])
+
+
 def ranks_of(process: subprocess.Popen, processes: int) -> list[int]:
     """PIDs of the training processes: the process itself, or torchrun's workers."""
     if processes == 1:
@@ -76,10 +82,14 @@ def test_kill_minus_9_mid_run_then_restart_continues_bitwise(dataset, straight, 
     run_dir = tmp_path / "run"
     args = ["train", *common(dataset), f"run.dir={run_dir}"]
     kill_after = random.choice([s for s in range(INTERVAL + 2, STEPS - 2) if s % INTERVAL])
-    process = start(*args, cwd=tmp_path, processes=2)
+    # The run stalls after that step (SIYADA_FAULT=hang), so the kill lands there however
+    # slow or fast the machine is.
+    process = start(*args, cwd=tmp_path, processes=2,
+                    env={"SIYADA_FAULT": f"hang@{kill_after}"})
     wait_for_step(process, run_dir, kill_after)
     os.killpg(process.pid, signal.SIGKILL)  # torchrun and both ranks, no cleanup at all
     process.wait()
+    assert len(losses(run_dir)) == kill_after
     resumed = ok(pretrain(*args, cwd=tmp_path, processes=2))
     assert "resumed from step" in resumed.stdout
     assert losses(run_dir) == straight[2], f"killed after step {kill_after}"
@@ -88,17 +98,18 @@ def test_kill_minus_9_mid_run_then_restart_continues_bitwise(dataset, straight, 
 def test_sigusr1_saves_exits_for_requeue_and_continues_bitwise(dataset, straight, tmp_path):
     run_dir = tmp_path / "run"
     args = ["train", *common(dataset), f"run.dir={run_dir}"]
-    process = start(*args, cwd=tmp_path, processes=2)
+    # Rank 0 stalls after step 7 until signalled; rank 1 waits for it in the next collective.
+    process = start(*args, cwd=tmp_path, processes=2, env={"SIYADA_FAULT": "hang@7"})
     wait_for_step(process, run_dir, 7)
-    first_rank = ranks_of(process, 2)[0]
-    os.kill(first_rank, signal.SIGUSR1)  # one rank only: the other must stop with it
-    time.sleep(0.05)
-    os.kill(first_rank, signal.SIGTERM)  # a second signal while it saves changes nothing
+    rank0 = min(ranks_of(process, 2), key=lambda pid: rank_of(pid))
+    os.kill(rank0, signal.SIGUSR1)  # one rank only: the other must stop with it
+    os.kill(rank0, signal.SIGTERM)  # a second signal while it saves changes nothing
     output = process.communicate(timeout=300)[0]
-    assert f"exitcode  : {REQUEUE_EXIT_CODE}" in output or process.returncode == REQUEUE_EXIT_CODE
-    assert "[requeue] SIGUSR1 received: saved step" in output
+    # torchrun reports the first rank to leave (and then stops the other itself).
+    assert f"exitcode  : {REQUEUE_EXIT_CODE}" in output, output[-3000:]
+    assert "[requeue] SIGUSR1 received: saved step 7" in output
     folder, meta = find_resumable(run_dir)
-    assert meta["step"] == len(losses(run_dir)) < STEPS  # saved where it stopped, off-interval
+    assert meta["step"] == len(losses(run_dir)) == 7  # saved where it stopped, off-interval
     verify(folder, checksums=True)
     resumed = ok(pretrain(*args, cwd=tmp_path, processes=2))
     assert f"resumed from step {meta['step']}" in resumed.stdout
@@ -107,7 +118,8 @@ def test_sigusr1_saves_exits_for_requeue_and_continues_bitwise(dataset, straight
 
 def test_single_process_requeue_status(dataset, tmp_path):
     run_dir = tmp_path / "run"
-    process = start("train", *common(dataset), f"run.dir={run_dir}", cwd=tmp_path)
+    process = start("train", *common(dataset), f"run.dir={run_dir}", cwd=tmp_path,
+                    env={"SIYADA_FAULT": "hang@3"})
     wait_for_step(process, run_dir, 3)
     os.kill(process.pid, signal.SIGUSR1)
     process.communicate(timeout=300)
