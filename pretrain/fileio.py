@@ -18,6 +18,12 @@ def atomic_write_text(path: str | Path, text: str) -> None:
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(temporary, path)
+    # The rename itself lives in the directory: sync it too, or a power loss may undo it.
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
 
 
 def atomic_write_json(path: str | Path, data: Any) -> None:
