@@ -98,9 +98,12 @@ def test_bad_input_is_one_clear_line(tmp_path, args, message):
 @pytest.mark.distributed
 def test_two_ranks_under_torchrun_share_one_run(dataset, tmp_path):
     run_dir = tmp_path / "run"
+    shared_memory = set(Path("/dev/shm").glob("deepspeed_allreduce_buffer_*"))
     result = ok(pretrain("train", *TINY, f"data.dataset={dataset}", f"run.dir={run_dir}",
                          "train.max_steps=10", "checkpoint.interval=10", cwd=tmp_path,
                          processes=2))
+    # DeepSpeed's CPU all-reduce buffers (66 MB each, in RAM) do not outlive the run.
+    assert set(Path("/dev/shm").glob("deepspeed_allreduce_buffer_*")) <= shared_memory
     assert "2 rank(s)" in result.stdout
     rows = read_metrics(run_dir / "metrics.jsonl")
     assert len(rows) == 10 and rows[-1]["tokens_seen"] == 10 * 8 * 64 * 2

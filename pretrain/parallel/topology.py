@@ -12,6 +12,7 @@ Three pieces live here:
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import re
@@ -226,7 +227,24 @@ def init_distributed() -> Topology:
         torch.cuda.set_device(topology.local_rank)
     if not torch.distributed.is_initialized():
         deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+        if not torch.cuda.is_available():
+            _unlink_shared_memory_buffer(topology.rank)
     return topology
+
+
+def _unlink_shared_memory_buffer(rank: int) -> None:
+    """Remove the name of this rank's DeepSpeed CPU all-reduce buffer (66 MB in /dev/shm).
+
+    DeepSpeed's shared-memory op creates one per rank at init and never unlinks it, so every
+    CPU run used to leave its buffers in /dev/shm (RAM) for good. By the end of init every
+    local rank has mapped every other rank's buffer; after a barrier the names can go, and the
+    memory lives on until the last process unmaps it.
+    """
+    torch.distributed.barrier()
+    name = (f"deepspeed_allreduce_buffer_{os.getuid()}_{os.environ['MASTER_ADDR']}_"
+            f"{os.environ['MASTER_PORT']}_{rank}")
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(f"/dev/shm/{name}")
 
 
 # ---------------------------------------------------------------------------------------------
