@@ -68,7 +68,7 @@ os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(ROOT / ".cache" / "torch_exten
 import torch  # noqa: E402
 
 from pretrain import checkpoint  # noqa: E402
-from pretrain.config import Config, config_hash, load_config  # noqa: E402
+from pretrain.config import Config, load_config  # noqa: E402
 
 MB = 1e6
 IGNORE_INDEX = -100
@@ -325,8 +325,7 @@ def main() -> None:
 
     identity = checkpoint.run_identity(config, layout, "0" * 64)
     client_state = {"step": STEP, "tokens_seen": config.train.micro_batch_size
-                    * config.data.seq_len, "batches": 1, "loader": {},
-                    "config_hash": config_hash(config)}
+                    * config.data.seq_len, "batches": 1, "loader": {}}
     parts = Parts()
     timed_engine = TimedEngine(engine.deepspeed, parts)
     rounds: dict[str, list[dict[str, Any]]] = {key: [] for key, _ in ROWS}

@@ -8,7 +8,7 @@ next to copies of the `*model_states.pt` files, which carry our client state, th
 and DeepSpeed's step counters. To load it, on every rank:
 
     ds_config["checkpoint"] = universal_load_config()    # before deepspeed.initialize
-    engine.load_checkpoint(**load_arguments(universal))   # returns our client_state
+    engine.load_checkpoint(str(universal.parent), tag=universal.name)  # client_state
     repair_after_universal_load(engine, universal)        # DeepSpeed 0.19 ZeRO-3 faults
 
 Layout changes, measured on the tiny model (tied embeddings, fp32 and bf16):
@@ -75,11 +75,6 @@ def universal_dir(checkpoint_dir: Path) -> Path:
 def universal_load_config() -> dict[str, Any]:
     """What to merge into ds_config["checkpoint"] for the engine to load a universal folder."""
     return {"load_universal": True}
-
-
-def load_arguments(universal: Path) -> dict[str, str]:
-    """`engine.load_checkpoint(**load_arguments(universal))`: the folder's parent and name."""
-    return {"load_dir": str(Path(universal).parent), "tag": Path(universal).name}
 
 
 def convert_to_universal(checkpoint_dir: Path, output_dir: Path, *,

@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from pretrain import checkpoint, faults
 from pretrain.checkpoint import Mirror
-from pretrain.config import Config, config_hash, to_yaml
+from pretrain.config import Config, to_yaml
 from pretrain.data import DataError
 from pretrain.data.loader import build_train_loader
 from pretrain.data.mixture import describe_mixture
@@ -209,8 +209,7 @@ class Trainer:
     def save(self) -> None:
         progress = self.progress
         client_state = {"step": progress.step, "tokens_seen": progress.tokens_seen,
-                        "batches": progress.batches, "loader": self.loader.state_dict(),
-                        "config_hash": config_hash(self.config)}
+                        "batches": progress.batches, "loader": self.loader.state_dict()}
         self.last_saved = checkpoint.save(self.engine.deepspeed, self.run_dir, progress.step,
                                           client_state, self.topology, self.identity,
                                           self.config.checkpoint.checksums)

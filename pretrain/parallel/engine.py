@@ -35,6 +35,12 @@ from pretrain.schedule import lr_multiplier
 MicroBatch = dict[str, Tensor]  # input_ids, doc_ids, labels: [micro_batch_size, seq_len] each
 
 
+def loss_terms(logits: Tensor, labels: Tensor, z_loss: float) -> tuple[Tensor, Tensor]:
+    """(objective, cross-entropy) summed over the targets, as both engines compute them."""
+    objective, cross_entropy = causal_lm_loss(logits, labels, z_loss)
+    return faults.poison(objective), cross_entropy
+
+
 def build_optimizer(module: torch.nn.Module, config: Config) -> torch.optim.Optimizer:
     """AdamW with weight decay on matrices only (norm weights are not decayed).
 
@@ -78,11 +84,6 @@ class Engine:
         """One optimizer step over this rank's micro-batches; returns the global mean loss."""
         raise NotImplementedError
 
-    def loss_terms(self, logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-        """(objective, cross-entropy) summed over the targets, as both engines compute them."""
-        objective, cross_entropy = causal_lm_loss(logits, labels, self.z_loss)
-        return faults.poison(objective), cross_entropy
-
     def global_targets(self, micro_batches: list[MicroBatch]) -> Tensor:
         """Targets (labels != -100) in the whole global batch; a collective over all ranks.
 
@@ -125,7 +126,9 @@ def build_engine(config: Config, layout: ParallelLayout, precision: str,
     """The configured engine. load_universal: it will load a universal (resharded) checkpoint."""
     ds_config = deepspeed_config(config, layout, precision)
     if load_universal:
-        ds_config["checkpoint"] = {"load_universal": True}
+        from pretrain.reshard import universal_load_config
+
+        ds_config["checkpoint"] = universal_load_config()
     if config.parallel.engine == "pipeline":
         from pretrain.parallel.pipeline import PipelineEngine
 

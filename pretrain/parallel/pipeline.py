@@ -19,7 +19,6 @@ weights of a plain `Transformer` with the same seed.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -29,7 +28,7 @@ from torch import Tensor
 from pretrain.activation_checkpointing import run_block
 from pretrain.config import Config, ModelConfig
 from pretrain.model import Block, Embedding, Linear, RMSNorm, rotary_tables
-from pretrain.parallel.engine import Engine, MicroBatch
+from pretrain.parallel.engine import Engine, MicroBatch, loss_terms
 from pretrain.parallel.topology import ParallelLayout
 
 Activations = tuple[Tensor, Tensor]  # hidden states [B, T, d_model], doc_ids [B, T]
@@ -93,13 +92,13 @@ class PipelineLoss:
     It also sums the plain cross-entropy of the step, for the logged loss.
     """
 
-    def __init__(self) -> None:
-        self.loss_terms: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None = None
+    def __init__(self, z_loss: float) -> None:
+        self.z_loss = z_loss
         self.cross_entropy_sum: Tensor | None = None  # this step's, on the last stage only
 
     def __call__(self, logits: Tensor, labels_and_weight: tuple[Tensor, Tensor]) -> Tensor:
         labels, weight = labels_and_weight
-        objective, cross_entropy = self.loss_terms(logits, labels)
+        objective, cross_entropy = loss_terms(logits, labels, self.z_loss)
         if self.cross_entropy_sum is None:
             self.cross_entropy_sum = torch.zeros((), device=logits.device)
         self.cross_entropy_sum += cross_entropy.detach()
@@ -130,11 +129,10 @@ def pipeline_module(cfg: ModelConfig, layout: ParallelLayout, seed: int, checkpo
 
 class PipelineEngine(Engine):
     def __init__(self, config: Config, layout: ParallelLayout, ds_config: dict[str, Any]) -> None:
-        self.loss_fn = PipelineLoss()
+        self.loss_fn = PipelineLoss(config.optim.z_loss)
         module = pipeline_module(config.model, layout, config.train.seed,
                                  config.parallel.activation_checkpointing, self.loss_fn)
         super().__init__(module, config, layout, ds_config)
-        self.loss_fn.loss_terms = self.loss_terms
 
     def train_step(self, micro_batches: list[MicroBatch]) -> float:
         targets = self.global_targets(micro_batches)

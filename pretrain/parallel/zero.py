@@ -17,7 +17,7 @@ import torch
 
 from pretrain.config import Config
 from pretrain.model import Transformer
-from pretrain.parallel.engine import Engine, MicroBatch
+from pretrain.parallel.engine import Engine, MicroBatch, loss_terms
 from pretrain.parallel.topology import ParallelLayout
 
 
@@ -37,7 +37,7 @@ class ZeroEngine(Engine):
         cross_entropy_sum = torch.zeros((), device=self.device)
         for batch in micro_batches:
             logits = self.deepspeed(batch["input_ids"], batch["doc_ids"])
-            objective, cross_entropy = self.loss_terms(logits, batch["labels"])
+            objective, cross_entropy = loss_terms(logits, batch["labels"], self.z_loss)
             self.deepspeed.backward(objective * weight)
             self.deepspeed.step()  # DeepSpeed steps the optimizer after the last micro-batch
             cross_entropy_sum += cross_entropy.detach()
