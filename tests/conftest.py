@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 
 import pytest
+import torch
+
+# Without a GPU, the Triton kernels run through Triton's CPU interpreter. The switch must be set
+# before any kernel is defined (at import), so it is set here, before the tests import anything.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture(autouse=True)
