@@ -60,9 +60,18 @@ SAVED_OPS = _aten_ops(
 )
 
 
+# Attention kernels registered as custom ops outside aten: our Triton kernel (kernels/attention.py)
+# and flash-attn's. Matched by name, since they exist only once their module has been imported.
+SAVED_CUSTOM_OPS = frozenset({
+    "siyada::flash_attention_forward",
+    "flash_attn::_flash_attn_forward",
+    "flash_attn::_flash_attn_varlen_forward",
+})
+
+
 def _save_expensive_ops(ctx, func, *args, **kwargs) -> CheckpointPolicy:
     """Selective-checkpoint policy: save matmul/attention outputs, recompute everything else."""
-    if func.overloadpacket in SAVED_OPS:
+    if func.overloadpacket in SAVED_OPS or func.name() in SAVED_CUSTOM_OPS:
         return CheckpointPolicy.MUST_SAVE
     return CheckpointPolicy.PREFER_RECOMPUTE
 

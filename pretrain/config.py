@@ -23,8 +23,9 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationE
 
 from pretrain.errors import InputError
 
-ATTENTION_IMPLS = ("eager", "sdpa", "triton", "flash_attn")
-NORM_IMPLS = ("torch", "triton")
+# "auto": our Triton kernels on CUDA tensors, the PyTorch paths (sdpa, torch) elsewhere.
+ATTENTION_IMPLS = ("auto", "eager", "sdpa", "triton", "flash_attn")
+NORM_IMPLS = ("auto", "torch", "triton")
 ENGINES = ("zero3", "pipeline")
 PRETOKENIZERS = ("siyada", "generic")
 DEDUP_MODES = ("none", "exact", "near")
@@ -55,8 +56,8 @@ class ModelConfig:
     norm_eps: float = 1e-5
     tie_embeddings: bool = False
     init_std: float = 0.02
-    attention_impl: str = "sdpa"
-    norm_impl: str = "torch"
+    attention_impl: str = "auto"
+    norm_impl: str = "auto"
 
     @property
     def kv_heads(self) -> int:

@@ -14,14 +14,18 @@ as its constructor returns): every engine and layout starts from the same model.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import importlib
+import importlib.util
 import math
+from types import ModuleType
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kernels import reference
+from kernels import flash_attn_backend, reference
 from pretrain.activation_checkpointing import run_block
 from pretrain.config import ModelConfig
 
@@ -67,18 +71,59 @@ class Embedding(nn.Embedding):
         init_normal_(self.weight, self.init_std, self.init_seed, self.weight_name)
 
 
+def choose_impl(setting: str, x: Tensor, kernel: str, fallback: str) -> str:
+    """Resolve an "auto" implementation setting for the tensor at hand.
+
+    "auto" means our Triton kernel on CUDA tensors (when triton is installed) and the PyTorch
+    path elsewhere, so one config trains on a GPU cluster and evaluates on a laptop.
+    """
+    if setting != "auto":
+        return setting
+    return kernel if x.is_cuda and triton_installed() else fallback
+
+
+@functools.cache
+def triton_installed() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+def triton_kernels(name: str, setting: str) -> ModuleType:
+    """Import kernels.<name> (which imports triton) only when a Triton path is chosen."""
+    try:
+        return importlib.import_module(f"kernels.{name}")
+    except ImportError as error:
+        raise RuntimeError(
+            f"{setting} needs triton ({error}); install the `kernels` extra "
+            "(pip install 'siyada[kernels]') or choose the PyTorch path") from error
+
+
 class RMSNorm(nn.Module):
+    """RMSNorm over the last dimension (HF `LlamaRMSNorm`); impl: auto | torch | triton."""
+
     def __init__(self, dim: int, eps: float, impl: str) -> None:
         super().__init__()
-        if impl != "torch":
-            raise NotImplementedError(
-                f"model.norm_impl={impl!r} is not available yet (the Triton norm kernel comes in "
-                "a later issue); set model.norm_impl=torch")
-        self.eps = eps
+        self.eps, self.impl = eps, impl
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: Tensor) -> Tensor:
+        if choose_impl(self.impl, x, "triton", "torch") == "triton":
+            return triton_kernels("rmsnorm", "model.norm_impl=triton").rms_norm(
+                x, self.weight, self.eps)
         return reference.rms_norm(x, self.weight, self.eps)
+
+
+class AddRMSNorm(RMSNorm):
+    """The residual add fused with the norm that follows it: (norm(x + residual), x + residual).
+
+    One pass over memory instead of two with the Triton kernel. It is a separate module (not a
+    method) because ZeRO-3 gathers a module's weights only when the module itself is called.
+    """
+
+    def forward(self, x: Tensor, residual: Tensor) -> tuple[Tensor, Tensor]:
+        if choose_impl(self.impl, x, "triton", "torch") == "triton":
+            return triton_kernels("rmsnorm", "model.norm_impl=triton").add_rms_norm(
+                x, residual, self.weight, self.eps)
+        return reference.add_rms_norm(x, residual, self.weight, self.eps)
 
 
 def rotary_tables(cfg: ModelConfig, tokens: Tensor, doc_ids: Tensor | None,
@@ -117,14 +162,31 @@ def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return x * cos + rotated_half * sin
 
 
+def attend(impl: str, q: Tensor, k: Tensor, v: Tensor, doc_ids: Tensor | None) -> Tensor:
+    """Causal attention within documents: q [B, Hq, T, D], k/v [B, Hkv, T, D] -> [B, Hq, T, D].
+
+    impl: eager (kernels/reference.py, fp32 scores), sdpa (PyTorch), triton (our kernel,
+    kernels/attention.py) or flash_attn (the flash-attn package, kernels/flash_attn_backend.py).
+    """
+    if impl == "eager":
+        return reference.attention(q, k, v, doc_ids)
+    if impl == "triton":
+        return triton_kernels("attention", "model.attention_impl=triton").flash_attention(
+            q, k, v, doc_ids)
+    if impl == "flash_attn":
+        return flash_attn_backend.attention(q, k, v, doc_ids)
+    if doc_ids is None:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+    # The masked (memory-efficient) SDPA kernel rejects grouped heads in some torch versions
+    # and would fall back to the slow math kernel: expand k/v instead.
+    groups = q.shape[1] // k.shape[1]
+    k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=reference.document_mask(doc_ids))
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig, seed: int, name: str) -> None:
         super().__init__()
-        if cfg.attention_impl not in ("eager", "sdpa"):
-            raise NotImplementedError(
-                f"model.attention_impl={cfg.attention_impl!r} is not available yet (the Triton "
-                "and flash-attn kernels come in a later issue); set model.attention_impl=sdpa "
-                "or eager")
         self.impl = cfg.attention_impl
         self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.kv_heads, cfg.head_dim
         std = cfg.init_std
@@ -143,17 +205,7 @@ class Attention(nn.Module):
         v = self.v_proj(x).view(batch, length, self.n_kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
 
-        if self.impl == "eager":
-            out = reference.attention(q, k, v, doc_ids)
-        elif doc_ids is None:
-            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
-        else:
-            # The masked (memory-efficient) SDPA kernel rejects grouped heads in some torch
-            # versions and would fall back to the slow math kernel: expand k/v instead.
-            groups = self.n_heads // self.n_kv_heads
-            k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
-            out = F.scaled_dot_product_attention(q, k, v,
-                                                 attn_mask=reference.document_mask(doc_ids))
+        out = attend(choose_impl(self.impl, q, "triton", "sdpa"), q, k, v, doc_ids)
         return self.o_proj(out.transpose(1, 2).reshape(batch, length, -1))
 
 
@@ -180,12 +232,13 @@ class Block(nn.Module):
         name = f"model.layers.{index}"
         self.input_layernorm = RMSNorm(cfg.d_model, cfg.norm_eps, cfg.norm_impl)
         self.self_attn = Attention(cfg, seed, f"{name}.self_attn")
-        self.post_attention_layernorm = RMSNorm(cfg.d_model, cfg.norm_eps, cfg.norm_impl)
+        self.post_attention_layernorm = AddRMSNorm(cfg.d_model, cfg.norm_eps, cfg.norm_impl)
         self.mlp = MLP(cfg, seed, f"{name}.mlp")
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, doc_ids: Tensor | None) -> Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, doc_ids)
-        return x + self.mlp(self.post_attention_layernorm(x))
+        attention_out = self.self_attn(self.input_layernorm(x), cos, sin, doc_ids)
+        normed, x = self.post_attention_layernorm(attention_out, x)  # x += attention_out; norm
+        return x + self.mlp(normed)
 
 
 class Transformer(nn.Module):

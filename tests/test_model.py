@@ -1,5 +1,6 @@
 """The model: parameter counts, attention paths, document masking, HF exactness, loss, init."""
 
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -238,8 +239,16 @@ def test_init_depends_on_seed_and_name_only():
     assert all(torch.equal(t, first[f"model.layers.1.{name}"]) for name, t in alone.items())
 
 
-@pytest.mark.parametrize("key, value", [("norm_impl", "triton"), ("attention_impl", "triton"),
-                                        ("attention_impl", "flash_attn")])
-def test_unimplemented_kernels_name_the_config_key(key, value):
-    with pytest.raises(NotImplementedError, match=f"model.{key}=.*{value}"):
-        Transformer(tiny(**{key: value}))
+def test_auto_takes_the_pytorch_paths_on_cpu():
+    auto, explicit = build(tiny()), build(tiny(attention_impl="sdpa", norm_impl="torch"))
+    ids = tokens(auto.cfg)
+    assert auto.cfg.attention_impl == auto.cfg.norm_impl == "auto"
+    assert torch.equal(auto(ids, DOC_IDS), explicit(ids, DOC_IDS))
+
+
+@pytest.mark.skipif(importlib.util.find_spec("flash_attn") is not None,
+                    reason="flash-attn is installed")
+def test_missing_flash_attn_is_one_clear_error():
+    model = build(tiny(attention_impl="flash_attn"))
+    with pytest.raises(RuntimeError, match=r"attention_impl=flash_attn needs the flash-attn"):
+        model(tokens(model.cfg), DOC_IDS)
