@@ -20,6 +20,8 @@
                                                     weights + model config from a Llama folder
     pretrain eval --checkpoint C [--data DATASET | --real-text DIR]
                                                     per-language loss, bits per byte (and text)
+    pretrain lm-eval --model DIR [--tasks T1,T2] [--include-path DIR ...] [--output FILE]
+                                                    an exported model under EleutherAI's lm-eval
     pretrain tokenizer train  [--config F] [--output FILE] [key=value ...]
                                                     train tokenizer.json on data.corpus
     pretrain tokenizer report [--config F] [--real-text DIR] [--output DIR] [key=value ...]
@@ -274,7 +276,36 @@ def _eval(args: argparse.Namespace) -> None:
         print(f"wrote {args.output}")
 
 
-HANDOFF_COMMANDS = {"export": _export, "import-hf": _import_hf, "eval": _eval}
+def _lm_eval(args: argparse.Namespace) -> None:
+    """an exported model under EleutherAI's lm-evaluation-harness, on local tasks, offline"""
+    from pretrain.harness import evaluate_exported, format_results, write_results
+
+    results = evaluate_exported(args.model, args.tasks, args.include_path, args.batch_size,
+                                args.limit, args.device)
+    print(format_results(results))
+    if args.output:
+        write_results(results, args.output)
+        print(f"wrote {args.output}")
+
+
+def _add_lm_eval_parser(commands: argparse._SubParsersAction) -> None:
+    harness = commands.add_parser("lm-eval", help=_lm_eval.__doc__)
+    harness.add_argument("--model", required=True, help="a folder written by pretrain export")
+    harness.add_argument("--tasks", default="siyada_sample",
+                         type=lambda text: [name for name in text.split(",") if name],
+                         help="task, group or tag names, comma-separated (default: "
+                         "siyada_sample, the bundled per-language perplexity task)")
+    harness.add_argument("--include-path", action="append", default=[], metavar="DIR",
+                         help="a folder of your own lm-eval task YAMLs (repeatable)")
+    harness.add_argument("--output", help="also write lm-eval's results as JSON here")
+    harness.add_argument("--batch-size", type=int, default=8)
+    harness.add_argument("--limit", type=int, help="only the first N documents of each task")
+    harness.add_argument("--device", choices=("cpu", "cuda"),
+                         help="default: cuda when available, else cpu")
+
+
+HANDOFF_COMMANDS = {"export": _export, "import-hf": _import_hf, "eval": _eval,
+                    "lm-eval": _lm_eval}
 SCALING_COMMANDS = {"plan": _scaling_plan, "submit": _scaling_submit,
                     "collect": _scaling_collect, "fit": _scaling_fit}
 
@@ -332,6 +363,7 @@ def _parser() -> argparse.ArgumentParser:
         _add_config_arguments(action)
     _add_submit_parser(commands)
     _add_handoff_parsers(commands)
+    _add_lm_eval_parser(commands)
     plan = commands.choices["plan"]
     plan.add_argument("--nodes", type=int, default=1, help="nodes (default 1)")
     plan.add_argument("--gpus-per-node", type=int, default=8, help="GPUs per node (default 8)")
