@@ -35,8 +35,10 @@ def document_mask(doc_ids: Tensor, causal: bool = True) -> Tensor:
     """Boolean attention mask [B, 1, T, T] from document ids [B, T]; True = may attend.
 
     A query attends only to keys of its own document (and, if causal, not to later keys).
+    A negative id marks padding: a padding token attends nothing and nobody attends it.
     """
-    mask = doc_ids[:, None, :, None] == doc_ids[:, None, None, :]
+    same_document = doc_ids[:, None, :, None] == doc_ids[:, None, None, :]
+    mask = same_document & (doc_ids >= 0)[:, None, None, :]
     if causal:
         length = doc_ids.shape[1]
         mask = mask & torch.ones(length, length, dtype=torch.bool, device=doc_ids.device).tril()
@@ -48,14 +50,17 @@ def attention(q: Tensor, k: Tensor, v: Tensor, doc_ids: Tensor | None = None,
     """Softmax attention with grouped-query heads and document masking.
 
     q: [B, Hq, T, D]; k, v: [B, Hkv, T, D] with Hq a multiple of Hkv (each group of Hq / Hkv
-    consecutive query heads shares one key/value head). doc_ids: [B, T] or None (one document).
-    Scores, softmax and the weighted sum run in fp32; the output [B, Hq, T, D] is in q.dtype.
+    consecutive query heads shares one key/value head). doc_ids: [B, T] or None (one document);
+    see `document_mask`. Scores, softmax and the weighted sum run in fp32 (float64 for float64
+    inputs); the output [B, Hq, T, D] is in q.dtype. A query that may attend no key (padding)
+    gets an output of 0.
     """
     groups = q.shape[1] // k.shape[1]
     k = k.repeat_interleave(groups, dim=1)
     v = v.repeat_interleave(groups, dim=1)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
-    scores = (q.float() @ k.float().transpose(-2, -1)) * scale
+    compute = torch.promote_types(q.dtype, torch.float32)
+    scores = (q.to(compute) @ k.to(compute).transpose(-2, -1)) * scale
     if doc_ids is not None:
         mask = document_mask(doc_ids, causal)
     elif causal:
@@ -63,10 +68,15 @@ def attention(q: Tensor, k: Tensor, v: Tensor, doc_ids: Tensor | None = None,
         mask = torch.ones(length, length, dtype=torch.bool, device=q.device).tril()
     else:
         mask = None
-    if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf"))
-    probs = torch.softmax(scores, dim=-1)
-    return (probs @ v.float()).to(q.dtype)
+    if mask is None:
+        return (torch.softmax(scores, dim=-1) @ v.to(compute)).to(q.dtype)
+    # A query that may attend no key (padding) would get a NaN softmax. It attends every key
+    # instead and its output is set to 0, which also keeps NaN out of the gradients (and
+    # saves no extra [T, T] tensor for the backward).
+    attends_nothing = ~mask.any(dim=-1, keepdim=True)
+    scores = scores.masked_fill(~(mask | attends_nothing), float("-inf"))
+    out = torch.softmax(scores, dim=-1) @ v.to(compute)
+    return out.masked_fill(attends_nothing, 0.0).to(q.dtype)
 
 
 def positions_from_doc_ids(doc_ids: Tensor) -> Tensor:
