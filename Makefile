@@ -16,7 +16,7 @@ export DS_BUILD_OPS := 0
 # DeepSpeed compiles a small CPU communication op on first use (~40 s); keep it between runs.
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
 
-.PHONY: demo test lint lock clean slurm-up slurm-down
+.PHONY: demo test lint lock clean slurm-up slurm-down gpu-check
 
 demo: $(STAMP)
 	$(BIN)/pretrain train
@@ -33,6 +33,15 @@ $(STAMP): pyproject.toml $(LOCK)
 	$(BIN)/pip install --quiet --no-deps -r $(LOCK)
 	$(BIN)/pip install --quiet --no-deps -e .
 	touch $@
+
+# On a CUDA machine: the kernels' GPU tests (bf16, real shapes, bitwise repeats), then their
+# benchmark against PyTorch SDPA / eager / torch.compile (and flash-attn when installed).
+# GPU_PYTHON: any Python with a CUDA torch, triton and pytest (default: the venv's).
+GPU_PYTHON ?= $(BIN)/python
+gpu-check:
+	$(GPU_PYTHON) -m pytest -m gpu tests/test_attention_kernel.py tests/test_rmsnorm_kernel.py \
+		tests/test_flash_attn_backend.py
+	$(GPU_PYTHON) bench/kernels.py
 
 # The single-node Slurm cluster the `slurm` tests submit to (root; apt-get on first use).
 slurm-up:

@@ -7,6 +7,7 @@ so they favour clarity and precision (fp32 math) over speed and memory.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 
@@ -77,6 +78,24 @@ def attention(q: Tensor, k: Tensor, v: Tensor, doc_ids: Tensor | None = None,
     scores = scores.masked_fill(~(mask | attends_nothing), float("-inf"))
     out = torch.softmax(scores, dim=-1) @ v.to(compute)
     return out.masked_fill(attends_nothing, 0.0).to(q.dtype)
+
+
+def sdpa_attention(q: Tensor, k: Tensor, v: Tensor, doc_ids: Tensor | None = None,
+                   causal: bool = True, scale: float | None = None) -> Tensor:
+    """Attention as PyTorch's fused `scaled_dot_product_attention` computes it, in the input
+    dtype: the model's `sdpa` path, and the same-precision baseline the GPU kernels are held to.
+
+    Arguments as in `attention`; with doc_ids the boolean document mask goes in as attn_mask.
+    """
+    if doc_ids is None:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale,
+                                              enable_gqa=True)
+    # The masked (memory-efficient) SDPA kernel rejects grouped heads in some torch versions
+    # and would fall back to the slow math kernel: expand k/v instead.
+    groups = q.shape[1] // k.shape[1]
+    k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=document_mask(doc_ids, causal),
+                                          scale=scale)
 
 
 def positions_from_doc_ids(doc_ids: Tensor) -> Tensor:

@@ -175,13 +175,7 @@ def attend(impl: str, q: Tensor, k: Tensor, v: Tensor, doc_ids: Tensor | None) -
             q, k, v, doc_ids)
     if impl == "flash_attn":
         return flash_attn_backend.attention(q, k, v, doc_ids)
-    if doc_ids is None:
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
-    # The masked (memory-efficient) SDPA kernel rejects grouped heads in some torch versions
-    # and would fall back to the slow math kernel: expand k/v instead.
-    groups = q.shape[1] // k.shape[1]
-    k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=reference.document_mask(doc_ids))
+    return reference.sdpa_attention(q, k, v, doc_ids)
 
 
 class Attention(nn.Module):

@@ -126,9 +126,10 @@ def attention_kind(model: ModelConfig) -> str:
 
     Training always passes doc_ids, so `sdpa` runs with a boolean document mask: PyTorch turns
     it into an additive bias in the activation dtype ([B, 1, T, T], saved for backward) and the
-    grouped k/v heads are expanded to all heads (pretrain/model.py). `flash_attn` and `triton`
-    (not implemented yet) are planned as flash-style varlen kernels: no s x s tensor, k/v kept
-    at their grouped width. `eager` materialises fp32 scores.
+    grouped k/v heads are expanded to all heads (pretrain/model.py). `triton` (our kernel, and
+    what `auto` picks on a GPU) and `flash_attn` are flash-style kernels: no s x s tensor, k/v
+    kept at their grouped width, only the output and an fp32 log-sum-exp per row saved.
+    `eager` materialises fp32 scores.
     """
     if model.attention_impl == "sdpa":
         return "sdpa-masked"
@@ -151,6 +152,7 @@ def layer_activation_bytes(model: ModelConfig, checkpointing: str, seq_len: int,
         attention       sdpa-masked: a*(q d + k d + v d + out d) + 4h logsumexp + a*T mask bias
                         flash:       a*(2d + 2kv) + 4h
                         eager:       12d (fp32 q, k, v) + T bool mask + 4hT fp32 probs + a*d
+                                     + 1 (the bool "attends no key" flag of each query)
         MLP             a*(d + 4f)               (norm output; gate, SiLU out, up, product)
       = 8d + 8a*d + 4a*f + 4h + a*T + 8 for sdpa-masked: 24d + 8f + 4h + 2T + 8 in bf16.
         (o_proj's input is the attention output; the residual stream tensors themselves are not
@@ -166,6 +168,8 @@ def layer_activation_bytes(model: ModelConfig, checkpointing: str, seq_len: int,
     These bytes stay for every layer until its backward; checkpointing modes additionally
     rebuild one layer's "none" tensors during its backward (`plan_memory` adds that once).
     For fp32 runs the 8d of fp32 copies is an overestimate (x.float() copies nothing then).
+    The norms are modelled as the PyTorch path saves them; the Triton norm (what `auto` picks
+    on a GPU) keeps less (its input and an fp32 rstd), so there "none" is slightly overestimated.
     """
     d, f, h = model.d_model, model.ffn_dim, model.n_heads
     kv = model.kv_heads * model.head_dim
@@ -185,7 +189,7 @@ def layer_activation_bytes(model: ModelConfig, checkpointing: str, seq_len: int,
     elif kind == "flash":
         attention = a * (2 * d + 2 * kv) + 4 * h
     else:
-        attention = 12 * d + seq_len + 4 * h * seq_len + a * d
+        attention = 12 * d + seq_len + 4 * h * seq_len + a * d + 1
     return norms + a * d + attention + a * (d + 4 * f)
 
 

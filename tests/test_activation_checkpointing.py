@@ -12,17 +12,28 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from kernels.reference import positions_from_doc_ids
-from pretrain.activation_checkpointing import CHECKPOINT_MODES, SAVED_OPS, run_block
+from pretrain.activation_checkpointing import (
+    CHECKPOINT_MODES,
+    SAVED_CUSTOM_OPS,
+    SAVED_OPS,
+    run_block,
+)
 from pretrain.config import ModelConfig
 from pretrain.model import Transformer, rotary_cos_sin
 
-ATTENTION_IMPLS = ("sdpa", "eager")
+# "triton": our attention and norm kernels (through the Triton interpreter on CPU).
+ATTENTION_IMPLS = ("sdpa", "eager", "triton")
+# Names of the ops "selective" saves, as the recorder below labels them.
+EXPENSIVE = ({op.__name__ for op in SAVED_OPS}
+             | {name.split("::")[1] for name in SAVED_CUSTOM_OPS})
 
 
-def make_block(attention_impl: str, d_model: int = 32) -> torch.nn.Module:
+def make_block(attention_impl: str, d_model: int = 64) -> torch.nn.Module:
     torch.manual_seed(0)
+    norm_impl = "triton" if attention_impl == "triton" else "torch"
     cfg = ModelConfig(vocab_size=64, d_model=d_model, n_layers=2, n_heads=4, n_kv_heads=2,
-                      multiple_of=16, max_seq_len=64, attention_impl=attention_impl)
+                      multiple_of=16, max_seq_len=64, attention_impl=attention_impl,
+                      norm_impl=norm_impl)
     return Transformer(cfg).model.layers[0]
 
 
@@ -129,24 +140,24 @@ def test_memory_ordering(attention_impl):
     # full keeps only the block input.
     assert set(kept["full"]) == {"input"}
     # selective keeps the input and the matmul/attention outputs, nothing elementwise.
-    expensive = {op.__name__ for op in SAVED_OPS}
-    assert set(kept["selective"]) - {"input"} <= expensive
+    assert set(kept["selective"]) - {"input"} <= EXPENSIVE
     assert "mm" in kept["selective"]
     if attention_impl == "eager":
         assert "bmm" in kept["selective"]  # the score and value matmuls
     # none also keeps elementwise intermediates (norms, rotary, SiLU).
-    assert set(kept["none"]) - expensive - {"input"}
+    assert set(kept["none"]) - EXPENSIVE - {"input"}
 
 
 @pytest.mark.parametrize("attention_impl", ATTENTION_IMPLS)
 def test_selective_keeps_every_expensive_output(attention_impl):
     # Each matmul/attention call returns fresh storage, so created bytes count each output once.
     kept, created = kept_alive("selective", attention_impl)
-    expensive = {op.__name__ for op in SAVED_OPS}
-    assert {op: kept.get(op) for op in created if op in expensive} == \
-        {op: nbytes for op, nbytes in created.items() if op in expensive}
+    assert {op: kept.get(op) for op in created if op in EXPENSIVE} == \
+        {op: nbytes for op, nbytes in created.items() if op in EXPENSIVE}
     if attention_impl == "sdpa":
         assert "_scaled_dot_product_flash_attention_for_cpu" in kept
+    if attention_impl == "triton":
+        assert "flash_attention_forward" in kept
 
 
 def test_unknown_mode_is_rejected():

@@ -17,7 +17,6 @@ from collections.abc import Callable, Sequence
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from kernels import reference
@@ -101,17 +100,6 @@ def plain_attention(q: Tensor, k: Tensor, v: Tensor, doc_ids: Tensor | None, cau
     return probs.masked_fill(~allowed(doc_ids, causal, q), 0.0) @ v
 
 
-def sdpa_attention(q: Tensor, k: Tensor, v: Tensor, doc_ids: Tensor | None, causal: bool,
-                   scale: float) -> Tensor:
-    """PyTorch's fused attention (for the GPU tests, where it is the bf16 baseline)."""
-    groups = q.shape[1] // k.shape[1]
-    k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
-    if doc_ids is None:
-        return F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale)
-    mask = reference.document_mask(doc_ids, causal)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
-
-
 def assert_within_rule(name: str, got: Tensor, exact: Tensor, baseline: Tensor) -> None:
     """max |got - exact| <= 2 * max |baseline - exact| + FLOOR (see the module docstring)."""
     error = (got.double() - exact.double()).abs().max().item()
@@ -130,7 +118,7 @@ def check_against_reference(q: Tensor, k: Tensor, v: Tensor, doc_ids: Tensor | N
                             causal: bool, scale: float | None, baseline: Callable[..., Tensor],
                             ) -> tuple[Tensor, Tensor, tuple[Tensor, ...]]:
     """Out, lse and (dq, dk, dv) of the kernel under the accuracy rule, with `baseline`
-    (plain_attention or sdpa_attention) run in the inputs' dtype. Returns the kernel's."""
+    (plain_attention or reference.sdpa_attention) run in the inputs' dtype. Returns the kernel's."""
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     generator = torch.Generator().manual_seed(1)
     dout = torch.randn(q.shape, generator=generator).to(q.device, q.dtype)
@@ -296,7 +284,7 @@ def test_gpu_bf16_matches_reference(length: int, kv_heads: int, head_dim: int,
                                     documents: str | None) -> None:
     q, k, v = make_inputs(2, 16, kv_heads, length, head_dim, torch.bfloat16, device="cuda")
     doc_ids = document_ids(documents, 2, length, device="cuda")
-    check_against_reference(q, k, v, doc_ids, True, None, sdpa_attention)
+    check_against_reference(q, k, v, doc_ids, True, None, reference.sdpa_attention)
 
 
 @pytest.mark.gpu

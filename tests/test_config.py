@@ -65,7 +65,7 @@ def test_include_cycle_is_reported(tmp_path):
     ("model.n_heads=3", r"'model.n_heads'.*do not divide model.d_model=128"),
     ("model.n_kv_heads=3", r"'model.n_kv_heads'.*do not divide model.n_heads=4"),
     ("parallel.pipeline_stages=2", r"'parallel.pipeline_stages'.*pure data parallel"),
-    ("model.attention_impl=fast", r"'model.attention_impl'.*not one of eager, sdpa"),
+    ("model.attention_impl=fast", r"'model.attention_impl'.*not one of auto, eager, sdpa"),
     ("data.seq_len=4096", r"'data.seq_len'.*exceeds model.max_seq_len"),
     ("optim.warmup_steps=-1", r"'optim.warmup_steps'.*negative"),
     ("train.micro_batch_size=0", r"'train.micro_batch_size'.*positive"),

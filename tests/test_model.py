@@ -14,7 +14,8 @@ from pretrain.config import ModelConfig, load_config
 from pretrain.model import Transformer, causal_lm_loss, count_parameters, flops_per_token
 
 PRESETS = Path(__file__).resolve().parents[1] / "pretrain" / "configs" / "models"
-ATTENTION_IMPLS = ("eager", "sdpa")
+# "triton" runs our kernel (through the Triton interpreter on CPU).
+ATTENTION_IMPLS = ("eager", "sdpa", "triton")
 # Three packed documents of lengths 5, 6 and 5.
 DOC_IDS = torch.tensor([[0] * 5 + [1] * 6 + [2] * 5, [7] * 16])
 
@@ -88,6 +89,22 @@ def test_eager_and_sdpa_agree(doc_ids):
     sdpa.load_state_dict(eager.state_dict())
     ids = tokens(eager.cfg)
     torch.testing.assert_close(eager(ids, doc_ids), sdpa(ids, doc_ids), atol=1e-5, rtol=1e-5)
+
+
+def test_triton_kernels_match_the_pytorch_paths():
+    kernels = build(tiny(attention_impl="triton", norm_impl="triton"))
+    plain = build(tiny(attention_impl="eager", norm_impl="torch"))
+    ids = tokens(kernels.cfg)
+    results = []
+    for model in (kernels, plain):
+        logits = model(ids, DOC_IDS)
+        loss, _ = causal_lm_loss(logits, ids.roll(-1, dims=1))
+        loss.backward()
+        results.append((logits, {name: p.grad for name, p in model.named_parameters()}))
+    (logits, grads), (expected_logits, expected_grads) = results
+    torch.testing.assert_close(logits, expected_logits, atol=1e-6, rtol=1e-5)
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, expected_grads[name], atol=1e-6, rtol=1e-5, msg=name)
 
 
 def test_positions_restart_per_document():
@@ -164,7 +181,7 @@ def test_logits_match_hugging_face_llama(impl, tie):
         num_key_value_heads=cfg.kv_heads, hidden_act="silu",
         max_position_embeddings=cfg.max_seq_len, rms_norm_eps=cfg.norm_eps,
         rope_theta=cfg.rope_theta, tie_word_embeddings=tie, attention_bias=False, mlp_bias=False,
-        attn_implementation=impl)
+        attn_implementation="eager" if impl == "eager" else "sdpa")
     hf = LlamaForCausalLM(hf_config).eval()
     hf.load_state_dict(ours.state_dict(), strict=True)
     ids = tokens(cfg, length=40)

@@ -25,6 +25,7 @@ from pretrain.model import Block, Transformer, rotary_tables
 from pretrain.planner import (
     GIB,
     GPUS,
+    attention_kind,
     block_parameters,
     bubble_fraction,
     deepspeed_zero3_estimate,
@@ -62,23 +63,28 @@ def preset(name: str, *overrides: str):
     return load_config(configs_dir() / "models" / f"{name}.yaml", list(overrides))
 
 
+# The hand counts below are for PyTorch SDPA with a document mask (attention_impl=sdpa); the
+# default "auto" is modelled as a flash kernel (test_auto_is_modelled_as_a_flash_kernel).
+SDPA = "model.attention_impl=sdpa"
+
+
 def llama3_8b(checkpointing: str = "full", *overrides: str):
     # The 8B run of tests/test_ds_config.py: 2 x 8192 tokens a micro-batch, 4 micro-batches.
     return preset("llama3_8b", "train.micro_batch_size=2", "train.grad_accum_steps=4",
                   "data.seq_len=8192", f"parallel.activation_checkpointing={checkpointing}",
-                  *overrides)
+                  SDPA, *overrides)
 
 
 def llama3_70b_pipeline(stages: int = 8):
     # The 70B run of tests/test_ds_config.py: 8 stages x 8 data-parallel, 32 micro-batches.
     return preset("llama3_70b", "parallel.engine=pipeline", f"parallel.pipeline_stages={stages}",
                   "train.micro_batch_size=1", "train.grad_accum_steps=32", "data.seq_len=8192",
-                  "parallel.activation_checkpointing=full")
+                  "parallel.activation_checkpointing=full", SDPA)
 
 
 def llama3_70b_zero3(*overrides: str):
     return preset("llama3_70b", "train.micro_batch_size=1", "train.grad_accum_steps=4",
-                  "data.seq_len=8192", "parallel.activation_checkpointing=full", *overrides)
+                  "data.seq_len=8192", "parallel.activation_checkpointing=full", SDPA, *overrides)
 
 
 def test_preset_counts_used_below():
@@ -261,6 +267,11 @@ def test_layer_formula_is_what_autograd_keeps(mode, attention_impl):
     # Training always packs documents: sdpa runs with the mask (the CPU kernel saves the same
     # tensors as CUDA's memory-efficient one: q, expanded k/v, bias, output, logsumexp).
     assert kept_bytes_per_token(cfg, mode, packed=True) == layer_activation_bytes(cfg, mode, 64)
+
+
+@pytest.mark.parametrize("attention_impl", ["auto", "triton", "flash_attn"])
+def test_auto_is_modelled_as_a_flash_kernel(attention_impl):
+    assert attention_kind(ModelConfig(attention_impl=attention_impl)) == "flash"
 
 
 def test_flash_style_formula_matches_unmasked_sdpa():

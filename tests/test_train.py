@@ -111,3 +111,22 @@ def test_two_ranks_under_torchrun_share_one_run(dataset, tmp_path):
     assert meta["world_size"] == 2
     assert {"rng_rank00000.pt", "rng_rank00001.pt"} <= set(meta["files"])
     assert len(list(folder.glob("zero_pp_rank_*_optim_states.pt"))) == 2
+
+
+def test_both_engines_train_alike_with_our_triton_kernels(dataset, tmp_path):
+    # On CPU the kernels run through the Triton interpreter (slow): a few small steps.
+    common = [*TINY, f"data.dataset={dataset}", "train.max_steps=3", "train.micro_batch_size=2",
+              "eval.enabled=false"]
+    kernels = ["model.attention_impl=triton", "model.norm_impl=triton"]
+    runs = {
+        "pytorch": ["model.attention_impl=eager", "model.norm_impl=torch"],
+        "zero3": kernels,
+        "pipeline": [*kernels, "parallel.engine=pipeline", "parallel.pipeline_stages=1"],
+    }
+    curves = {}
+    for name, overrides in runs.items():
+        ok(pretrain("train", *common, *overrides, f"run.dir={tmp_path / name}", cwd=tmp_path))
+        curves[name] = losses(tmp_path / name)
+    assert len(curves["pytorch"]) == 3
+    for name in ("zero3", "pipeline"):
+        assert curves[name] == pytest.approx(curves["pytorch"], rel=1e-5), name
