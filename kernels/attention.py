@@ -116,6 +116,14 @@ def _tile(base, batch, head, stride_b, stride_h, stride_t, positions, HEAD_DIM: 
 
 
 @triton.jit
+def _load_rows(base, batch, head, stride_b, stride_h, stride_t, positions, length,
+               HEAD_DIM: tl.constexpr):
+    """The rows `positions` of one (batch, head) of a [B, H, T, D] tensor; 0 past the end."""
+    return tl.load(_tile(base, batch, head, stride_b, stride_h, stride_t, positions, HEAD_DIM),
+                   mask=positions[:, None] < length, other=0.0)
+
+
+@triton.jit
 def _doc_ids(ids_ptr, batch, positions, length, HAS_DOCS: tl.constexpr):
     """Document ids of `positions` in row `batch`: -1 (padding) past the end; 0 without
     documents."""
@@ -195,8 +203,7 @@ def _forward_kernel(q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr, ids_ptr, start_ptr, e
     kv_head = head // groups
     first_query = tl.program_id(0) * BLOCK_M
     queries = first_query + tl.arange(0, BLOCK_M)
-    q = tl.load(_tile(q_ptr, batch, head, q_sb, q_sh, q_st, queries, HEAD_DIM),
-                mask=queries[:, None] < length, other=0.0)
+    q = _load_rows(q_ptr, batch, head, q_sb, q_sh, q_st, queries, length, HEAD_DIM)
     q_ids = _doc_ids(ids_ptr, batch, queries, length, HAS_DOCS)
 
     # row_max starts finite: while a row has seen no allowed key, exp2(-inf - row_max) = 0
@@ -209,10 +216,8 @@ def _forward_kernel(q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr, ids_ptr, start_ptr, e
                         CAUSAL, HAS_DOCS, BLOCK_M, BLOCK_N)
     for start in range(lo, hi, BLOCK_N):
         keys = start + tl.arange(0, BLOCK_N)
-        k = tl.load(_tile(k_ptr, batch, kv_head, k_sb, k_sh, k_st, keys, HEAD_DIM),
-                    mask=keys[:, None] < length, other=0.0)
-        v = tl.load(_tile(v_ptr, batch, kv_head, v_sb, v_sh, v_st, keys, HEAD_DIM),
-                    mask=keys[:, None] < length, other=0.0)
+        k = _load_rows(k_ptr, batch, kv_head, k_sb, k_sh, k_st, keys, length, HEAD_DIM)
+        v = _load_rows(v_ptr, batch, kv_head, v_sb, v_sh, v_st, keys, length, HEAD_DIM)
         k_ids = _doc_ids(ids_ptr, batch, keys, length, HAS_DOCS)
         s = _masked_scores(q, k, queries[:, None], keys[None, :], q_ids[:, None],
                            k_ids[None, :], length, scale_log2, CAUSAL, HAS_DOCS)
@@ -239,11 +244,8 @@ def _delta_kernel(out_ptr, dout_ptr, delta_ptr, o_sb, o_sh, o_st, do_sb, do_sh, 
     batch = tl.program_id(1) // n_heads
     head = tl.program_id(1) % n_heads
     queries = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    inside = queries[:, None] < length
-    o = tl.load(_tile(out_ptr, batch, head, o_sb, o_sh, o_st, queries, HEAD_DIM),
-                mask=inside, other=0.0)
-    do = tl.load(_tile(dout_ptr, batch, head, do_sb, do_sh, do_st, queries, HEAD_DIM),
-                 mask=inside, other=0.0)
+    o = _load_rows(out_ptr, batch, head, o_sb, o_sh, o_st, queries, length, HEAD_DIM)
+    do = _load_rows(dout_ptr, batch, head, do_sb, do_sh, do_st, queries, length, HEAD_DIM)
     delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
     tl.store(delta_ptr + tl.program_id(1) * length + queries, delta, mask=queries < length)
 
@@ -261,10 +263,8 @@ def _dkdv_kernel(q_ptr, k_ptr, v_ptr, dout_ptr, lse_ptr, delta_ptr, dk_ptr, dv_p
     kv_head = tl.program_id(1) % kv_heads
     first_key = tl.program_id(0) * BLOCK_N
     keys = first_key + tl.arange(0, BLOCK_N)
-    k = tl.load(_tile(k_ptr, batch, kv_head, k_sb, k_sh, k_st, keys, HEAD_DIM),
-                mask=keys[:, None] < length, other=0.0)
-    v = tl.load(_tile(v_ptr, batch, kv_head, v_sb, v_sh, v_st, keys, HEAD_DIM),
-                mask=keys[:, None] < length, other=0.0)
+    k = _load_rows(k_ptr, batch, kv_head, k_sb, k_sh, k_st, keys, length, HEAD_DIM)
+    v = _load_rows(v_ptr, batch, kv_head, v_sb, v_sh, v_st, keys, length, HEAD_DIM)
     k_ids = _doc_ids(ids_ptr, batch, keys, length, HAS_DOCS)
 
     # The queries that may attend these keys: their documents, and (causal) no earlier query.
@@ -281,10 +281,8 @@ def _dkdv_kernel(q_ptr, k_ptr, v_ptr, dout_ptr, lse_ptr, delta_ptr, dk_ptr, dv_p
         row = (batch * kv_heads * groups + head) * length  # of lse and delta, [B, Hq, T]
         for start in range(lo, hi, BLOCK_M):
             queries = start + tl.arange(0, BLOCK_M)
-            q = tl.load(_tile(q_ptr, batch, head, q_sb, q_sh, q_st, queries, HEAD_DIM),
-                        mask=queries[:, None] < length, other=0.0)
-            do = tl.load(_tile(dout_ptr, batch, head, do_sb, do_sh, do_st, queries, HEAD_DIM),
-                         mask=queries[:, None] < length, other=0.0)
+            q = _load_rows(q_ptr, batch, head, q_sb, q_sh, q_st, queries, length, HEAD_DIM)
+            do = _load_rows(dout_ptr, batch, head, do_sb, do_sh, do_st, queries, length, HEAD_DIM)
             q_ids = _doc_ids(ids_ptr, batch, queries, length, HAS_DOCS)
             lse = _lse_log2(lse_ptr + row, queries, length)
             delta = tl.load(delta_ptr + row + queries, mask=queries < length, other=0.0)
@@ -317,10 +315,8 @@ def _dq_kernel(q_ptr, k_ptr, v_ptr, dout_ptr, lse_ptr, delta_ptr, dq_ptr,
     kv_head = head // groups
     first_query = tl.program_id(0) * BLOCK_M
     queries = first_query + tl.arange(0, BLOCK_M)
-    q = tl.load(_tile(q_ptr, batch, head, q_sb, q_sh, q_st, queries, HEAD_DIM),
-                mask=queries[:, None] < length, other=0.0)
-    do = tl.load(_tile(dout_ptr, batch, head, do_sb, do_sh, do_st, queries, HEAD_DIM),
-                 mask=queries[:, None] < length, other=0.0)
+    q = _load_rows(q_ptr, batch, head, q_sb, q_sh, q_st, queries, length, HEAD_DIM)
+    do = _load_rows(dout_ptr, batch, head, do_sb, do_sh, do_st, queries, length, HEAD_DIM)
     q_ids = _doc_ids(ids_ptr, batch, queries, length, HAS_DOCS)
     row = tl.program_id(1) * length  # of lse and delta, [B, Hq, T]
     lse = _lse_log2(lse_ptr + row, queries, length)
@@ -331,10 +327,8 @@ def _dq_kernel(q_ptr, k_ptr, v_ptr, dout_ptr, lse_ptr, delta_ptr, dq_ptr,
                         CAUSAL, HAS_DOCS, BLOCK_M, BLOCK_N)
     for start in range(lo, hi, BLOCK_N):
         keys = start + tl.arange(0, BLOCK_N)
-        k = tl.load(_tile(k_ptr, batch, kv_head, k_sb, k_sh, k_st, keys, HEAD_DIM),
-                    mask=keys[:, None] < length, other=0.0)
-        v = tl.load(_tile(v_ptr, batch, kv_head, v_sb, v_sh, v_st, keys, HEAD_DIM),
-                    mask=keys[:, None] < length, other=0.0)
+        k = _load_rows(k_ptr, batch, kv_head, k_sb, k_sh, k_st, keys, length, HEAD_DIM)
+        v = _load_rows(v_ptr, batch, kv_head, v_sb, v_sh, v_st, keys, length, HEAD_DIM)
         k_ids = _doc_ids(ids_ptr, batch, keys, length, HAS_DOCS)
         s = _masked_scores(q, k, queries[:, None], keys[None, :], q_ids[:, None],
                            k_ids[None, :], length, scale_log2, CAUSAL, HAS_DOCS)
