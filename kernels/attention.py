@@ -178,6 +178,34 @@ def _masked_scores(a, b, q_pos, k_pos, q_ids, k_ids, length, scale_log2,
 
 
 @triton.jit
+def _query_block(q_ptr, q_sb, q_sh, q_st, length, n_heads, groups, HEAD_DIM: tl.constexpr,
+                 BLOCK_M: tl.constexpr):
+    """This program's (batch, query head, kv head, first query, queries, Q block): the forward
+    and the dQ kernel run one program per (query block, batch x query head)."""
+    batch = tl.program_id(1) // n_heads
+    head = tl.program_id(1) % n_heads
+    first_query = tl.program_id(0) * BLOCK_M
+    queries = first_query + tl.arange(0, BLOCK_M)
+    q = _load_rows(q_ptr, batch, head, q_sb, q_sh, q_st, queries, length, HEAD_DIM)
+    return batch, head, head // groups, first_query, queries, q
+
+
+@triton.jit
+def _key_block(k_ptr, v_ptr, ids_ptr, batch, kv_head, k_sb, k_sh, k_st, v_sb, v_sh, v_st,
+               start, q, queries, q_ids, length, scale_log2, HEAD_DIM: tl.constexpr,
+               CAUSAL: tl.constexpr, HAS_DOCS: tl.constexpr, BLOCK_N: tl.constexpr):
+    """K, V and the masked scores S = Q K^T (log2 units) of the key block at `start`: the
+    step the forward and the dQ kernel take for every key block their queries may attend."""
+    keys = start + tl.arange(0, BLOCK_N)
+    k = _load_rows(k_ptr, batch, kv_head, k_sb, k_sh, k_st, keys, length, HEAD_DIM)
+    v = _load_rows(v_ptr, batch, kv_head, v_sb, v_sh, v_st, keys, length, HEAD_DIM)
+    k_ids = _doc_ids(ids_ptr, batch, keys, length, HAS_DOCS)
+    s = _masked_scores(q, k, queries[:, None], keys[None, :], q_ids[:, None], k_ids[None, :],
+                       length, scale_log2, CAUSAL, HAS_DOCS)
+    return k, v, s
+
+
+@triton.jit
 def _lse_log2(lse_ptr, positions, length):
     """The saved log-sum-exp of `positions` in log2 units, for P = exp2(S - lse).
 
@@ -198,12 +226,8 @@ def _forward_kernel(q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr, ids_ptr, start_ptr, e
                     length, n_heads, groups, scale_log2, T_BUCKET,
                     HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr, HAS_DOCS: tl.constexpr,
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    batch = tl.program_id(1) // n_heads
-    head = tl.program_id(1) % n_heads
-    kv_head = head // groups
-    first_query = tl.program_id(0) * BLOCK_M
-    queries = first_query + tl.arange(0, BLOCK_M)
-    q = _load_rows(q_ptr, batch, head, q_sb, q_sh, q_st, queries, length, HEAD_DIM)
+    batch, head, kv_head, first_query, queries, q = _query_block(
+        q_ptr, q_sb, q_sh, q_st, length, n_heads, groups, HEAD_DIM, BLOCK_M)
     q_ids = _doc_ids(ids_ptr, batch, queries, length, HAS_DOCS)
 
     # row_max starts finite: while a row has seen no allowed key, exp2(-inf - row_max) = 0
@@ -215,12 +239,9 @@ def _forward_kernel(q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr, ids_ptr, start_ptr, e
     lo, hi = _key_range(start_ptr, end_ptr, batch, first_query, length,
                         CAUSAL, HAS_DOCS, BLOCK_M, BLOCK_N)
     for start in range(lo, hi, BLOCK_N):
-        keys = start + tl.arange(0, BLOCK_N)
-        k = _load_rows(k_ptr, batch, kv_head, k_sb, k_sh, k_st, keys, length, HEAD_DIM)
-        v = _load_rows(v_ptr, batch, kv_head, v_sb, v_sh, v_st, keys, length, HEAD_DIM)
-        k_ids = _doc_ids(ids_ptr, batch, keys, length, HAS_DOCS)
-        s = _masked_scores(q, k, queries[:, None], keys[None, :], q_ids[:, None],
-                           k_ids[None, :], length, scale_log2, CAUSAL, HAS_DOCS)
+        k, v, s = _key_block(k_ptr, v_ptr, ids_ptr, batch, kv_head, k_sb, k_sh, k_st,
+                             v_sb, v_sh, v_st, start, q, queries, q_ids, length, scale_log2,
+                             HEAD_DIM, CAUSAL, HAS_DOCS, BLOCK_N)
         new_max = tl.maximum(row_max, tl.max(s, 1))
         alpha = tl.exp2(row_max - new_max)  # rescales what was summed under the old maximum
         p = tl.exp2(s - new_max[:, None])
@@ -310,12 +331,8 @@ def _dq_kernel(q_ptr, k_ptr, v_ptr, dout_ptr, lse_ptr, delta_ptr, dq_ptr,
                length, n_heads, groups, scale, scale_log2, T_BUCKET,
                HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr, HAS_DOCS: tl.constexpr,
                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    batch = tl.program_id(1) // n_heads
-    head = tl.program_id(1) % n_heads
-    kv_head = head // groups
-    first_query = tl.program_id(0) * BLOCK_M
-    queries = first_query + tl.arange(0, BLOCK_M)
-    q = _load_rows(q_ptr, batch, head, q_sb, q_sh, q_st, queries, length, HEAD_DIM)
+    batch, head, kv_head, first_query, queries, q = _query_block(
+        q_ptr, q_sb, q_sh, q_st, length, n_heads, groups, HEAD_DIM, BLOCK_M)
     do = _load_rows(dout_ptr, batch, head, do_sb, do_sh, do_st, queries, length, HEAD_DIM)
     q_ids = _doc_ids(ids_ptr, batch, queries, length, HAS_DOCS)
     row = tl.program_id(1) * length  # of lse and delta, [B, Hq, T]
@@ -326,12 +343,9 @@ def _dq_kernel(q_ptr, k_ptr, v_ptr, dout_ptr, lse_ptr, delta_ptr, dq_ptr,
     lo, hi = _key_range(start_ptr, end_ptr, batch, first_query, length,
                         CAUSAL, HAS_DOCS, BLOCK_M, BLOCK_N)
     for start in range(lo, hi, BLOCK_N):
-        keys = start + tl.arange(0, BLOCK_N)
-        k = _load_rows(k_ptr, batch, kv_head, k_sb, k_sh, k_st, keys, length, HEAD_DIM)
-        v = _load_rows(v_ptr, batch, kv_head, v_sb, v_sh, v_st, keys, length, HEAD_DIM)
-        k_ids = _doc_ids(ids_ptr, batch, keys, length, HAS_DOCS)
-        s = _masked_scores(q, k, queries[:, None], keys[None, :], q_ids[:, None],
-                           k_ids[None, :], length, scale_log2, CAUSAL, HAS_DOCS)
+        k, v, s = _key_block(k_ptr, v_ptr, ids_ptr, batch, kv_head, k_sb, k_sh, k_st,
+                             v_sb, v_sh, v_st, start, q, queries, q_ids, length, scale_log2,
+                             HEAD_DIM, CAUSAL, HAS_DOCS, BLOCK_N)
         p = tl.exp2(s - lse[:, None])
         dp = tl.dot(do, tl.trans(v), input_precision="ieee")
         ds = p * (dp - delta[:, None])
