@@ -147,14 +147,16 @@ def layer_activation_bytes(model: ModelConfig, checkpointing: str, seq_len: int,
     bytes (2 for bf16/fp16, 4 for fp32); fp32 statistics are 4 bytes whatever a is.
 
     none (every intermediate):
-        2 RMSNorms      2 * (4d fp32 copy of x + a*d normalised x + 4 rsqrt)
+        2 RMSNorms      torch:  2 * (4d fp32 copy of x + a*d normalised x + 4 rsqrt)
+                        triton: 2 * (a*d input + 4 rstd)  (the kernel recomputes the rest)
         q/k/v input     a*d                      (the norm's output, shared by the 3 matmuls)
         attention       sdpa-masked: a*(q d + k d + v d + out d) + 4h logsumexp + a*T mask bias
                         flash:       a*(2d + 2kv) + 4h
                         eager:       12d (fp32 q, k, v) + T bool mask + 4hT fp32 probs + a*d
                                      + 1 (the bool "attends no key" flag of each query)
         MLP             a*(d + 4f)               (norm output; gate, SiLU out, up, product)
-      = 8d + 8a*d + 4a*f + 4h + a*T + 8 for sdpa-masked: 24d + 8f + 4h + 2T + 8 in bf16.
+      = 8d + 8a*d + 4a*f + 4h + a*T + 8 for sdpa-masked with torch norms: 24d + 8f + 4h + 2T + 8
+        in bf16.
         (o_proj's input is the attention output; the residual stream tensors themselves are not
         saved: the norm saves its fp32 copy. cos/sin are shared by all layers and left out.)
 
@@ -168,8 +170,7 @@ def layer_activation_bytes(model: ModelConfig, checkpointing: str, seq_len: int,
     These bytes stay for every layer until its backward; checkpointing modes additionally
     rebuild one layer's "none" tensors during its backward (`plan_memory` adds that once).
     For fp32 runs the 8d of fp32 copies is an overestimate (x.float() copies nothing then).
-    The norms are modelled as the PyTorch path saves them; the Triton norm (what `auto` picks
-    on a GPU) keeps less (its input and an fp32 rstd), so there "none" is slightly overestimated.
+    The norm is `triton` for norm_impl triton and auto (what auto picks on a GPU), else torch.
     """
     d, f, h = model.d_model, model.ffn_dim, model.n_heads
     kv = model.kv_heads * model.head_dim
@@ -183,7 +184,7 @@ def layer_activation_bytes(model: ModelConfig, checkpointing: str, seq_len: int,
     if checkpointing != "none":
         raise InputError(f"unknown activation checkpointing mode '{checkpointing}'; expected "
                          "none, full or selective")
-    norms = 2 * (4 * d + a * d + 4)
+    norms = 2 * (a * d + 4) if model.norm_impl in ("auto", "triton") else 2 * (4 * d + a * d + 4)
     if kind == "sdpa-masked":
         attention = 4 * a * d + 4 * h + a * seq_len
     elif kind == "flash":

@@ -63,28 +63,29 @@ def preset(name: str, *overrides: str):
     return load_config(configs_dir() / "models" / f"{name}.yaml", list(overrides))
 
 
-# The hand counts below are for PyTorch SDPA with a document mask (attention_impl=sdpa); the
-# default "auto" is modelled as a flash kernel (test_auto_is_modelled_as_a_flash_kernel).
-SDPA = "model.attention_impl=sdpa"
+# The hand counts below are for the PyTorch paths (SDPA with a document mask, the torch norm);
+# the default "auto" is modelled as our kernels (test_auto_is_modelled_as_our_kernels).
+SDPA, TORCH_NORM = "model.attention_impl=sdpa", "model.norm_impl=torch"
 
 
 def llama3_8b(checkpointing: str = "full", *overrides: str):
     # The 8B run of tests/test_ds_config.py: 2 x 8192 tokens a micro-batch, 4 micro-batches.
     return preset("llama3_8b", "train.micro_batch_size=2", "train.grad_accum_steps=4",
                   "data.seq_len=8192", f"parallel.activation_checkpointing={checkpointing}",
-                  SDPA, *overrides)
+                  SDPA, TORCH_NORM, *overrides)
 
 
 def llama3_70b_pipeline(stages: int = 8):
     # The 70B run of tests/test_ds_config.py: 8 stages x 8 data-parallel, 32 micro-batches.
     return preset("llama3_70b", "parallel.engine=pipeline", f"parallel.pipeline_stages={stages}",
                   "train.micro_batch_size=1", "train.grad_accum_steps=32", "data.seq_len=8192",
-                  "parallel.activation_checkpointing=full", SDPA)
+                  "parallel.activation_checkpointing=full", SDPA, TORCH_NORM)
 
 
 def llama3_70b_zero3(*overrides: str):
     return preset("llama3_70b", "train.micro_batch_size=1", "train.grad_accum_steps=4",
-                  "data.seq_len=8192", "parallel.activation_checkpointing=full", SDPA, *overrides)
+                  "data.seq_len=8192", "parallel.activation_checkpointing=full", SDPA, TORCH_NORM,
+                  *overrides)
 
 
 def test_preset_counts_used_below():
@@ -259,11 +260,13 @@ def kept_bytes_per_token(cfg: ModelConfig, mode: str, packed: bool) -> float:
     return sum(alive.values()) / (batch * length)
 
 
-@pytest.mark.parametrize("attention_impl", ["sdpa", "eager"])
+@pytest.mark.parametrize("attention_impl, norm_impl", [
+    ("sdpa", "torch"), ("eager", "torch"), ("triton", "triton")])
 @pytest.mark.parametrize("mode", ["none", "selective", "full"])
-def test_layer_formula_is_what_autograd_keeps(mode, attention_impl):
+def test_layer_formula_is_what_autograd_keeps(mode, attention_impl, norm_impl):
     cfg = ModelConfig(vocab_size=97, d_model=128, n_layers=2, n_heads=4, n_kv_heads=2,
-                      ffn_hidden=352, max_seq_len=256, attention_impl=attention_impl)
+                      ffn_hidden=352, max_seq_len=256, attention_impl=attention_impl,
+                      norm_impl=norm_impl)
     # Training always packs documents: sdpa runs with the mask (the CPU kernel saves the same
     # tensors as CUDA's memory-efficient one: q, expanded k/v, bias, output, logsumexp).
     assert kept_bytes_per_token(cfg, mode, packed=True) == layer_activation_bytes(cfg, mode, 64)
@@ -274,12 +277,21 @@ def test_auto_is_modelled_as_a_flash_kernel(attention_impl):
     assert attention_kind(ModelConfig(attention_impl=attention_impl)) == "flash"
 
 
+@pytest.mark.parametrize("mode", ["none", "selective", "full"])
+def test_auto_is_modelled_as_our_kernels(mode):
+    # The planner plans GPU runs, where "auto" picks the Triton kernels.
+    kernels = ModelConfig(attention_impl="triton", norm_impl="triton")
+    assert layer_activation_bytes(ModelConfig(), mode, 4096) == \
+        layer_activation_bytes(kernels, mode, 4096)
+
+
 def test_flash_style_formula_matches_unmasked_sdpa():
     # sdpa without a mask keeps grouped k/v and no bias: what a varlen flash kernel will keep.
     shape = dict(vocab_size=97, d_model=128, n_layers=2, n_heads=4, n_kv_heads=2, ffn_hidden=352,
                  max_seq_len=256)
-    measured = kept_bytes_per_token(ModelConfig(**shape, attention_impl="sdpa"), "none", False)
-    flash = ModelConfig(**shape, attention_impl="flash_attn")
+    measured = kept_bytes_per_token(ModelConfig(**shape, attention_impl="sdpa", norm_impl="torch"),
+                                    "none", False)
+    flash = ModelConfig(**shape, attention_impl="flash_attn", norm_impl="torch")
     assert measured == layer_activation_bytes(flash, "none", 64) == 20 * 128 + 4 * 64 \
         + 8 * 352 + 4 * 4 + 8
 
