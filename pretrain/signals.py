@@ -152,6 +152,28 @@ def start_resource_tracker() -> None:
         signal.signal(signal.SIGUSR1, previous)
 
 
+# Stop signals that came before the StopWatch existed, as (signal name, time.monotonic()).
+_held: list[tuple[str, float]] = []
+
+
+def hold_stop_signals(signals: Iterable[signal.Signals] = STOP_SIGNALS) -> None:
+    """From now on, record stop signals instead of dying of them, until a StopWatch takes over.
+
+    `pretrain train` calls this first thing. A rank spends seconds importing torch and DeepSpeed
+    and building its engine before the loop creates its StopWatch; Slurm's warning can come in
+    that window (a short time limit, a preemption right after a requeue), and SIGUSR1's default
+    action would kill the rank (status 138: a crash, not a requeue). The StopWatch created later
+    starts from what was held here, so the run saves at its first step boundary.
+    """
+    def hold(signum: int, frame: FrameType | None) -> None:
+        _held.append((signal.Signals(signum).name, time.monotonic()))
+        os.write(2, f"[signals] {signal.Signals(signum).name} received while starting: saving "
+                    "at the first step boundary\n".encode())
+
+    for sig in signals:
+        signal.signal(sig, hold)
+
+
 class StopWatch:
     """Records stop signals and knows the job's end time; the loop asks `reason()` each step.
 
@@ -190,6 +212,9 @@ class StopWatch:
         except BaseException:
             self.restore()
             raise
+        if _held:  # signals that came while the process was starting (hold_stop_signals)
+            self._first, self.signal_count = _held[0], len(_held)
+            _held.clear()
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         """Signal handler: record, write one line to stderr, return. Never raises."""

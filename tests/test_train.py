@@ -4,13 +4,17 @@ Each run is its own process, as a restarted job would be.
 """
 
 import json
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
-from cli_runs import TINY, losses, ok, prepare_dataset, pretrain
+from cli_runs import TINY, command, environment, losses, ok, prepare_dataset, pretrain
 
 from pretrain.checkpoint import LATEST, checkpoint_root, find_resumable
 from pretrain.metrics import read_metrics
+from pretrain.signals import REQUEUE_EXIT_CODE
 
 
 @pytest.fixture(scope="module")
@@ -130,3 +134,32 @@ def test_both_engines_train_alike_with_our_triton_kernels(dataset, tmp_path):
     assert len(curves["pytorch"]) == 3
     for name in ("zero3", "pipeline"):
         assert curves[name] == pytest.approx(curves["pytorch"], rel=1e-5), name
+
+
+def catches(pid: int, sig: signal.Signals) -> bool:
+    """Whether process `pid` has a handler installed for `sig` (its SigCgt mask)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    caught = int(next(line.split()[1] for line in status.splitlines()
+                      if line.startswith("SigCgt:")), 16)
+    return bool(caught >> (sig - 1) & 1)
+
+
+def test_a_warning_during_start_up_saves_at_the_first_step(dataset, tmp_path):
+    # Slurm's warning can come while a rank is still importing torch and DeepSpeed, before the
+    # loop's StopWatch exists: the rank must save and ask for a requeue, not die of SIGUSR1.
+    run_dir = tmp_path / "run"
+    process = subprocess.Popen(
+        command("train", *TINY, f"data.dataset={dataset}", f"run.dir={run_dir}",
+                "train.max_steps=20"),
+        cwd=tmp_path, env=environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True)
+    deadline = time.monotonic() + 30
+    while not catches(process.pid, signal.SIGUSR1):  # the first thing `pretrain train` does
+        assert time.monotonic() < deadline and process.poll() is None
+        time.sleep(0.01)
+    process.send_signal(signal.SIGUSR1)
+    stdout, stderr = process.communicate(timeout=600)
+    assert process.returncode == REQUEUE_EXIT_CODE, stdout[-2000:] + stderr[-2000:]
+    assert "SIGUSR1 received while starting" in stderr
+    folder, meta = find_resumable(run_dir)
+    assert meta["step"] == 1 and len(losses(run_dir)) == 1
