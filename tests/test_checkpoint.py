@@ -4,6 +4,7 @@ Every run is the real CLI in its own processes (one, or two gloo ranks under tor
 and restarted the way a cluster does it. "Bitwise" means the logged losses are equal floats.
 """
 
+import contextlib
 import json
 import os
 import random
@@ -87,7 +88,11 @@ def test_kill_minus_9_mid_run_then_restart_continues_bitwise(dataset, straight, 
     process = start(*args, cwd=tmp_path, processes=2,
                     env={"SIYADA_FAULT": f"hang@{kill_after}"})
     wait_for_step(process, run_dir, kill_after)
+    ranks = ranks_of(process, 2)
     os.killpg(process.pid, signal.SIGKILL)  # torchrun and both ranks, no cleanup at all
+    for rank in ranks:  # torchrun may start its workers in sessions of their own
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(rank, signal.SIGKILL)
     process.wait()
     assert len(losses(run_dir)) == kill_after
     resumed = ok(pretrain(*args, cwd=tmp_path, processes=2))
