@@ -105,11 +105,14 @@ class RMSNorm(nn.Module):
         self.eps, self.impl = eps, impl
         self.weight = nn.Parameter(torch.ones(dim))
 
-    def forward(self, x: Tensor) -> Tensor:
+    def functions(self, x: Tensor) -> ModuleType:
+        """kernels.rmsnorm or kernels.reference: both offer rms_norm and add_rms_norm."""
         if choose_impl(self.impl, x, "triton", "torch") == "triton":
-            return triton_kernels("rmsnorm", "model.norm_impl=triton").rms_norm(
-                x, self.weight, self.eps)
-        return reference.rms_norm(x, self.weight, self.eps)
+            return triton_kernels("rmsnorm", "model.norm_impl=triton")
+        return reference
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.functions(x).rms_norm(x, self.weight, self.eps)
 
 
 class AddRMSNorm(RMSNorm):
@@ -120,10 +123,7 @@ class AddRMSNorm(RMSNorm):
     """
 
     def forward(self, x: Tensor, residual: Tensor) -> tuple[Tensor, Tensor]:
-        if choose_impl(self.impl, x, "triton", "torch") == "triton":
-            return triton_kernels("rmsnorm", "model.norm_impl=triton").add_rms_norm(
-                x, residual, self.weight, self.eps)
-        return reference.add_rms_norm(x, residual, self.weight, self.eps)
+        return self.functions(x).add_rms_norm(x, residual, self.weight, self.eps)
 
 
 def rotary_tables(cfg: ModelConfig, tokens: Tensor, doc_ids: Tensor | None,
