@@ -11,9 +11,10 @@ are available (`tokenizer.pretokenizer`):
   so it cuts the Arabizi word `3lach` into `3` + `lach` and `m9wd` into `m` + `9` + `wd`, and
   cuts words at every combining mark, which is not a letter: Arabic at each haraka (`اعتُمد` ->
   `اعت` + `ُ` + `مد`), Tifinagh at the consonant joiner U+2D7F, Latin text not in NFC at its
-  accents. Tifinagh letters (Lo) and the labialization mark U+2D6F (Lm) are letters to it, so
-  normalized Tifinagh and Tamazight Latin come out the same with both pre-tokenizers. It is
-  kept as the baseline of `pretrain tokenizer report`.
+  accents, and it cuts a hyphen off both neighbours (`ghur-s` -> `ghur` + `-` + `s`).
+  Tifinagh letters (Lo) and the labialization mark U+2D6F (Lm) are letters to it, so
+  normalized Tifinagh comes out the same with both pre-tokenizers. It is kept as the baseline
+  of `pretrain tokenizer report`.
 - `siyada`: the same idea with rules for our languages, see `SIYADA_PATTERN`.
 
 The 32 special tokens come first, so their ids are fixed for every tokenizer we train: PAD=0,
@@ -60,7 +61,10 @@ SIYADA_PATTERN = "|".join([
     # also 2ème, 15km, 1990s), with combining marks (text not in NFC: h + U+0323 for ḥ).
     # At most 4 leading digits: an unbounded run would be rescanned at every position of a
     # long number (quadratic time); "12345km" becomes "123" + "45km".
-    r" ?[0-9]{0,4}\p{Latin}[\p{Latin}\p{M}0-9]*",
+    # A hyphen right after a letter joins the word after it, as a leading space does: Tamazight
+    # in Latin script hyphenates its clitics (ghur-s "to him", ad-tili, yekka-dd), French its
+    # inverted pronouns (dit-il), so "-s" and "-il" can be one token instead of two.
+    r"(?:(?<=[\p{L}\p{M}])-| ?)[0-9]{0,4}\p{Latin}[\p{Latin}\p{M}0-9]*",
     # Words of any other script with their marks: Arabic with harakat (U+064B-U+065F, Mn) and
     # the Moroccan letters ڭ گ ݣ ڤ (Lo), Tifinagh with the labialization mark U+2D6F (Lm) and
     # the consonant joiner U+2D7F (Mn).
