@@ -28,6 +28,12 @@ def machine(packages: tuple[str, ...]) -> dict[str, Any]:
             **{package: metadata.version(package) for package in packages}}
 
 
+def device_slug(name: str) -> str:
+    """A GPU's name for result files: 'NVIDIA H100 80GB HBM3' -> 'h100'."""
+    words = [word.lower() for word in name.split() if any(ch.isdigit() for ch in word)]
+    return words[0] if words else name.lower().replace(" ", "_")
+
+
 def write_results(name: str, results: dict[str, Any], out: Path | None = None) -> Path:
     """bench/results/<name>_<host>.json unless `out` says otherwise."""
     out = out or RESULTS / f"{name}_{socket.gethostname() or 'cpu'}.json"

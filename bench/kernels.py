@@ -40,7 +40,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
-from bench.benchlib import RESULTS, write_results  # noqa: E402
+from bench.benchlib import RESULTS, device_slug, write_results  # noqa: E402
 from kernels import attention, reference, rmsnorm  # noqa: E402
 
 TOKENS_PER_BATCH = 16384
@@ -218,12 +218,6 @@ def matmul_tflops(size: int = 8192) -> float:
     """The device's dense bf16 matmul rate through cuBLAS: the ceiling for attention."""
     a, b = (torch.randn(size, size, device="cuda", dtype=torch.bfloat16) for _ in range(2))
     return 2 * size**3 / median_ms(lambda: a @ b) / 1e9
-
-
-def device_slug(name: str) -> str:
-    """'NVIDIA H100 80GB HBM3' -> 'h100'."""
-    words = [word.lower() for word in name.split() if any(ch.isdigit() for ch in word)]
-    return words[0] if words else name.lower().replace(" ", "_")
 
 
 def main() -> None:

@@ -268,6 +268,11 @@ class Trainer:
         if self.peak_flops:
             row["mfu"] = self.flops_per_step / elapsed / (self.peak_flops
                                                           * self.topology.world_size)
+        if self.engine.device.type == "cuda":
+            # This rank's peaks since start (tensors; the allocator's reserve, which is what
+            # runs out): what `pretrain plan` predicts per GPU, less the CUDA context.
+            row["peak_allocated_gib"] = torch.cuda.max_memory_allocated(self.engine.device) / 2**30
+            row["peak_reserved_gib"] = torch.cuda.max_memory_reserved(self.engine.device) / 2**30
         metrics.log(progress.step, {**row, **validation})
         if self.topology.is_main:
             bar.write(" | ".join([f"step {progress.step}/{self.config.train.max_steps}"] + [
