@@ -7,8 +7,9 @@
 # built here (pure Python with DS_BUILD_OPS=0; its ops compile on first use there).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-WHEELS=.whl
+WHEELS=${WHEELS:-.whl}
 PYTHON=${PYTHON:-.venv/bin/python}
+PY_VERSION=${PY_VERSION:-3.12}  # the GPU machine's Python
 MISSING=(
   deepspeed hjson pydantic pydantic_core annotated-types typing-inspection  # the engines
   omegaconf                                                                # configs
@@ -34,7 +35,7 @@ platforms=()  # pip matches manylinux tags exactly: offer every glibc up to the 
 for tag in manylinux1 manylinux2014 manylinux_2_{17,24,27,28,31,34,35}; do
   platforms+=(--platform "${tag}_x86_64")
 done
-"$PYTHON" -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \
+"$PYTHON" -m pip download --quiet --no-deps --only-binary=:all: --python-version "$PY_VERSION" \
   --implementation cp "${platforms[@]}" -d "$WHEELS" "${pins[@]:1}" 2>&1 | grep -v "is ignored"
 du -sh "$WHEELS"
 ls "$WHEELS"
