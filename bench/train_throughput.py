@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -94,9 +95,8 @@ def measured(run_dir: Path, warmup: int) -> dict[str, Any]:
     result = {"steps_timed": len(timed), "first_loss": rows[0]["loss"],
               "last_loss": rows[-1]["loss"],
               "tokens_per_s": statistics.median(row["tokens_per_s"] for row in timed)}
-    for key in ("mfu",):
-        if key in timed[0]:
-            result[key] = statistics.median(row[key] for row in timed)
+    if "mfu" in timed[0]:  # only where the GPU's peak FLOP/s is known
+        result["mfu"] = statistics.median(row["mfu"] for row in timed)
     for key in ("peak_allocated_gib", "peak_reserved_gib"):
         if key in timed[0]:
             result[key] = max(row[key] for row in rows)
@@ -119,8 +119,7 @@ def run_row(args: argparse.Namespace, dataset: Path, attention: str, checkpointi
         print(f"{name}: exit status {status}; the end of {log}:\n  " + "\n  ".join(tail))
         return {**row, "status": status, "log_tail": tail}
     row.update(status=0, **measured(run_dir, args.warmup))
-    checkpoints = run_dir / "checkpoints"
-    subprocess.run(["rm", "-rf", str(checkpoints)], check=True)  # a 1B model's is ~17 GB
+    shutil.rmtree(run_dir / "checkpoints")  # a 1B model's is ~17 GB
     return row
 
 
