@@ -26,7 +26,6 @@ works before a GPU is at hand, not a measurement.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -43,6 +42,7 @@ sys.path.insert(0, str(ROOT))  # run from a checkout
 
 from bench.benchlib import RESULTS, device_slug, machine, write_results  # noqa: E402
 from pretrain.config import load_config  # noqa: E402
+from pretrain.metrics import METRICS, read_metrics  # noqa: E402
 from pretrain.planner import GPUS, GpuSpec, estimate_throughput, plan_memory  # noqa: E402
 
 GIB = 2**30
@@ -90,7 +90,7 @@ def predicted(model: Path, overrides: list[str], gpu: GpuSpec | None) -> dict[st
 
 
 def measured(run_dir: Path, warmup: int) -> dict[str, Any]:
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    rows = read_metrics(run_dir / METRICS)
     timed = [row for row in rows if row["step"] > warmup]
     result = {"steps_timed": len(timed), "first_loss": rows[0]["loss"],
               "last_loss": rows[-1]["loss"],

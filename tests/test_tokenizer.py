@@ -14,9 +14,9 @@ from tokenizers import Tokenizer, models, trainers
 from transformers import PreTrainedTokenizerFast
 
 from pretrain.cli import main
+from pretrain.config import load_config
 from pretrain.data import DataError
-from pretrain.data.corpus import Document, read_documents, resolve_corpus
-from pretrain.data.normalize import normalize_text
+from pretrain.data.corpus import Document
 from pretrain.data.tokenizer import (
     BOS,
     BOS_ID,
@@ -29,6 +29,7 @@ from pretrain.data.tokenizer import (
     PAD_ID,
     RESERVED,
     SPECIAL_TOKENS,
+    config_documents,
     encode_document,
     language_shares,
     load_tokenizer,
@@ -335,8 +336,7 @@ def test_siyada_beats_generic_on_arabizi_and_costs_little_elsewhere() -> None:
     no language is more than 2% worse (the merges Arabizi words take are missing elsewhere;
     both pre-tokenizers cut Tamazight and Arabic without harakat into the same words).
     """
-    documents = [Document(normalize_text(d.text), d.lang, d.source)
-                 for d in read_documents(resolve_corpus("sample"))]
+    documents = config_documents(load_config())  # the sample corpus, normalized
     ours, generic = (train_tokenizer(documents, 4096, kind) for kind in ("siyada", "generic"))
     changes = {lang: row["change"] for lang, row in
                tokenizer_report(ours, generic, real_text_eval_sets(DEFAULT_REAL_TEXT))
@@ -358,8 +358,7 @@ def test_siyada_beats_generic_on_tamazight_latin_and_french_when_trained_on_them
     its other rules take: at most 1% here. At 8192 tokens; at 4096 this small sample runs out
     of merges before Tamazight's clitics and the result goes either way (-1.1% to +0.9%).
     """
-    documents = [Document(normalize_text(d.text), d.lang, d.source)
-                 for d in read_documents(resolve_corpus("sample"))]
+    documents = config_documents(load_config())  # the sample corpus, normalized
     held_out = {}
     for lang, texts in real_text_eval_sets(DEFAULT_REAL_TEXT).items():
         if lang.startswith("ary"):
