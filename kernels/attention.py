@@ -81,22 +81,22 @@ def _configs(blocks: list[tuple[int, int, int, int]]) -> list[triton.Config]:
             for m, n, warps, stages in blocks]
 
 
-# GPU candidates for Hopper (H100/H200) and Ampere: the usual FlashAttention-2 tiles, plus small
-# ones that still fit in shared memory at head dim 256. Under the interpreter one config, with
-# BLOCK_M != BLOCK_N so that the CPU tests cover blocks of both sizes and unaligned block ranges.
-_FORWARD_CONFIGS = autotune_configs(
-    gpu=_configs([(128, 128, 8, 3), (128, 64, 8, 3), (128, 64, 4, 3), (128, 32, 4, 4),
-                  (64, 64, 4, 3), (64, 32, 4, 2)]),
-    interpreter=_configs([(32, 16, 4, 1)]))
+# GPU candidates for Hopper (H100/H200) and Ampere: the usual FlashAttention-2 tiles first, and
+# last the one that compiles without register spills at head dim 256 on both sm_90a and sm_80
+# (`bench/kernel_resources.py` compiles every candidate for both and reports its shared memory,
+# registers, spills and tensor-core instructions; tests/test_kernel_resources.py checks the
+# first and the last). The autotuner skips those that need more shared memory than the GPU has.
+FORWARD_CONFIGS = _configs([(128, 128, 8, 3), (128, 64, 8, 3), (128, 64, 4, 3), (128, 32, 4, 4),
+                            (64, 64, 4, 3), (64, 32, 4, 2), (64, 64, 8, 2)])
 # dK/dV: BLOCK_N keys are accumulated, BLOCK_M queries stream past them.
-_DKDV_CONFIGS = autotune_configs(
-    gpu=_configs([(32, 128, 8, 3), (64, 128, 8, 3), (32, 64, 4, 3), (64, 64, 4, 3),
-                  (16, 64, 4, 2)]),
-    interpreter=_configs([(16, 32, 4, 1)]))
-_DQ_CONFIGS = autotune_configs(
-    gpu=_configs([(128, 64, 8, 3), (128, 32, 4, 3), (128, 128, 8, 2), (64, 64, 4, 3),
-                  (64, 32, 4, 2)]),
-    interpreter=_configs([(32, 16, 4, 1)]))
+DKDV_CONFIGS = _configs([(32, 128, 8, 3), (64, 128, 8, 3), (32, 64, 4, 3), (64, 64, 4, 3),
+                         (16, 64, 4, 2), (16, 32, 4, 2)])
+DQ_CONFIGS = _configs([(128, 64, 8, 3), (128, 32, 4, 3), (128, 128, 8, 2), (64, 64, 4, 3),
+                       (64, 32, 4, 2), (64, 32, 8, 2)])
+# Under the interpreter one config each, with BLOCK_M != BLOCK_N so that the CPU tests cover
+# blocks of both sizes and unaligned block ranges.
+_INTERPRETER_QUERY_MAJOR = _configs([(32, 16, 4, 1)])
+_INTERPRETER_KEY_MAJOR = _configs([(16, 32, 4, 1)])
 # The outputs are overwritten, never accumulated, in global memory, so the autotuner's repeated
 # benchmark launches cannot corrupt them and need no reset hook. T_BUCKET (the length rounded up
 # to a power of two) keys the choice, so that nearby lengths share one tuning run.
@@ -219,7 +219,8 @@ def _lse_log2(lse_ptr, positions, length):
 # ---------------------------------------------------------------------------------------------
 # Kernels.
 
-@triton.autotune(configs=_FORWARD_CONFIGS, key=_KEY, cache_results=True)
+@triton.autotune(configs=autotune_configs(FORWARD_CONFIGS, _INTERPRETER_QUERY_MAJOR), key=_KEY,
+                 cache_results=True)
 @triton.jit
 def _forward_kernel(q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr, ids_ptr, start_ptr, end_ptr,
                     q_sb, q_sh, q_st, k_sb, k_sh, k_st, v_sb, v_sh, v_st, o_sb, o_sh, o_st,
@@ -271,7 +272,8 @@ def _delta_kernel(out_ptr, dout_ptr, delta_ptr, o_sb, o_sh, o_st, do_sb, do_sh, 
     tl.store(delta_ptr + tl.program_id(1) * length + queries, delta, mask=queries < length)
 
 
-@triton.autotune(configs=_DKDV_CONFIGS, key=_KEY + ["groups"], cache_results=True)
+@triton.autotune(configs=autotune_configs(DKDV_CONFIGS, _INTERPRETER_KEY_MAJOR),
+                 key=_KEY + ["groups"], cache_results=True)
 @triton.jit
 def _dkdv_kernel(q_ptr, k_ptr, v_ptr, dout_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr,
                  ids_ptr, start_ptr, end_ptr,
@@ -322,7 +324,8 @@ def _dkdv_kernel(q_ptr, k_ptr, v_ptr, dout_ptr, lse_ptr, delta_ptr, dk_ptr, dv_p
              dv.to(dv_ptr.dtype.element_ty), mask=keys[:, None] < length)
 
 
-@triton.autotune(configs=_DQ_CONFIGS, key=_KEY, cache_results=True)
+@triton.autotune(configs=autotune_configs(DQ_CONFIGS, _INTERPRETER_QUERY_MAJOR), key=_KEY,
+                 cache_results=True)
 @triton.jit
 def _dq_kernel(q_ptr, k_ptr, v_ptr, dout_ptr, lse_ptr, delta_ptr, dq_ptr,
                ids_ptr, start_ptr, end_ptr,
