@@ -58,8 +58,9 @@ FP32_POINTERS = {"lse_ptr", "delta_ptr", "rstd_ptr", "grad_weight_partial_ptr"}
 FP32_SCALARS = {"scale", "scale_log2", "eps"}
 # Integers that are not multiples of 16 in a typical launch (no alignment hint for them).
 UNALIGNED_INTS = {"n_heads", "kv_heads", "groups", "n_rows", "rows_per_program"}
-# bf16, the training dtype: fp16 needs the same registers and shared memory, and fp32 attention
-# (no tensor cores) is for CPU tests, not for speed.
+# bf16, the training dtype. fp16 compiled to the same shared memory and spills, registers within
+# one, over all 294 attention compiles of an earlier sweep; fp32 attention (no tensor cores) is
+# for CPU tests, not for speed.
 DTYPE = "bf16"
 
 
