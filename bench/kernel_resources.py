@@ -25,7 +25,6 @@ import re
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -62,6 +61,8 @@ UNALIGNED_INTS = {"n_heads", "kv_heads", "groups", "n_rows", "rows_per_program"}
 # one, over all 294 attention compiles of an earlier sweep; fp32 attention (no tensor cores) is
 # for CPU tests, not for speed.
 DTYPE = "bf16"
+# What a launch that names neither gets (the delta and norm kernels are not autotuned).
+TRITON_DEFAULT_WARPS, TRITON_DEFAULT_STAGES = 4, 3
 
 
 @dataclass(frozen=True)
@@ -108,9 +109,8 @@ def cuobjdump(*args: str) -> str:
 def compile_case(case: Case, target: Target) -> dict[str, Any]:
     """Compile for the target and read the resources off the cubin; `error` if it fails."""
     row = {"kernel": case.kernel, "shape": case.shape, "dtype": DTYPE,
-           "config": case.config, "target": target.name}
+           "config": case.config, "target": target.name, "arch": target.arch}
     types, attrs = signature(case)
-    started = time.perf_counter()
     try:
         compiled = triton.compile(
             ASTSource(case.fn, types, case.constexprs, attrs),
@@ -125,8 +125,7 @@ def compile_case(case: Case, target: Target) -> dict[str, Any]:
         sass = cuobjdump("-sass", cubin.name)
     resources = dict(re.findall(r"(REG|STACK|LOCAL):(\d+)", usage))
     shared = compiled.metadata.shared
-    return {**row, "compile_s": round(time.perf_counter() - started, 2),
-            "shared_bytes": shared, "shared_limit": target.shared_limit,
+    return {**row, "shared_bytes": shared, "shared_limit": target.shared_limit,
             "fits": shared <= target.shared_limit,
             "registers": int(resources["REG"]),
             "spill_bytes": int(resources["STACK"]) + int(resources["LOCAL"]),
@@ -154,7 +153,8 @@ def attention_cases(head_dims: tuple[int, ...], maskings: tuple[tuple[bool, bool
                            config.num_stages, shape)
                       for name, fn, configs in kernels for config in configs[pick]]
         cases.append(Case("attention.delta", attention._delta_kernel,
-                          {"HEAD_DIM": head_dim, "BLOCK_M": attention.DELTA_BLOCK}, 4, 3,
+                          {"HEAD_DIM": head_dim, "BLOCK_M": attention.DELTA_BLOCK},
+                          TRITON_DEFAULT_WARPS, TRITON_DEFAULT_STAGES,
                           f"d{head_dim}"))
     return cases
 
@@ -166,9 +166,11 @@ def rmsnorm_cases(hidden_sizes: tuple[int, ...]) -> list[Case]:
         block_cols, block_rows, num_warps = rmsnorm._launch_config(n_cols)
         blocks = {"BLOCK_ROWS": block_rows, "BLOCK_COLS": block_cols}
         cases += [Case("rmsnorm.forward", rmsnorm._forward_kernel,
-                       {"HAS_RESIDUAL": True, **blocks}, num_warps, 3, f"N={n_cols}"),
+                       {"HAS_RESIDUAL": True, **blocks}, num_warps, TRITON_DEFAULT_STAGES,
+                       f"N={n_cols}"),
                   Case("rmsnorm.backward", rmsnorm._backward_kernel,
-                       {"HAS_GRAD_RESIDUAL": True, **blocks}, num_warps, 3, f"N={n_cols}")]
+                       {"HAS_GRAD_RESIDUAL": True, **blocks}, num_warps, TRITON_DEFAULT_STAGES,
+                       f"N={n_cols}")]
     return cases
 
 
