@@ -6,11 +6,11 @@
 
 The model is a ~100M-parameter Llama shape by default (vocab 32768, d_model 768, 12 layers,
 12 heads / 4 key-value heads, ffn 2048, tied embeddings: 100,682,496 parameters by
-`pretrain.model.count_parameters`), built by `build_engine` as the zero3 engine over 1 rank
-(`init_distributed` in this process), in the precision `train.precision=auto` resolves to (fp32
-on CPU: the CPU path; bf16 on a GPU that has it). One training step on a synthetic micro-batch
-(random token ids, labels = next token) runs first, so that the optimizer state (Adam moments)
-exists and is saved like in a real run.
+`pretrain.nn.model.count_parameters`), built by `build_training_engine` as the zero3 engine over
+1 rank (`init_distributed` in this process), in the precision `train.precision=auto` resolves
+to (fp32 on CPU: the CPU path; bf16 on a GPU that has it). One training step on a synthetic
+micro-batch (random token ids, labels = next token) runs first, so that the optimizer state
+(Adam moments) exists and is saved like in a real run.
 
 Measured, each the best (minimum) of `--repeats` rounds, in a temporary run directory under
 `--dir` (deleted afterwards); the folder is removed (untimed) before each save. A first save
@@ -67,7 +67,7 @@ os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(ROOT / ".cache" / "torch_exten
 
 import torch  # noqa: E402
 
-from pretrain import checkpoint  # noqa: E402
+from pretrain.checkpoint import store as checkpoint  # noqa: E402
 from pretrain.config import Config, load_config  # noqa: E402
 
 MB = 1e6
@@ -299,10 +299,10 @@ def main() -> None:
     args = parser.parse_args()
 
     load_start, started = os.getloadavg(), time.perf_counter()
-    from pretrain.model import count_parameters
+    from pretrain.nn.model import count_parameters
     from pretrain.parallel.ds_config import resolve_precision
-    from pretrain.parallel.engine import build_engine
     from pretrain.parallel.topology import init_distributed, make_layout
+    from pretrain.train.loop import build_training_engine
 
     _quiet_deepspeed()
     config = make_config(args)
@@ -312,7 +312,7 @@ def main() -> None:
     topology = init_distributed()
     layout = make_layout(topology.world_size, 1, config.model.n_layers)
     build_started = time.perf_counter()
-    engine = build_engine(config, layout, precision)
+    engine = build_training_engine(config, layout, precision)
     engine.deepspeed.train()
     build_seconds = time.perf_counter() - build_started
     step_started = time.perf_counter()

@@ -21,7 +21,7 @@ themselves), torch's default thread count, then each again on 1 thread (a busy m
 (a)  plain PyTorch: `Transformer` + `torch.optim.AdamW` with the engines' parameter groups
      (`build_optimizer`) and LR schedule; per micro-batch forward, loss (sum / targets of the
      step), backward; then clip_grad_norm_, step, zero_grad. No DeepSpeed in the step;
-(b)  the zero3 engine (`build_engine` after `init_distributed`), ZeRO-3 over 1 rank;
+(b)  the zero3 engine (`build_training_engine` after `init_distributed`), ZeRO-3 over 1 rank;
 (c)  the pipeline engine with pipeline_stages=1 (ZeRO-1).
 2 processes (`torchrun --nproc-per-node 2` of the same script), ONE torch thread per process
 (torchrun's own default, also set explicitly):
@@ -159,9 +159,9 @@ class PlainStep:
     """Single-process PyTorch: what an engine does for one step, with nothing in between."""
 
     def __init__(self, config: Config) -> None:
-        from pretrain.model import Transformer
+        from pretrain.nn.model import Transformer
         from pretrain.parallel.engine import build_optimizer
-        from pretrain.schedule import lr_multiplier
+        from pretrain.train.optim import lr_multiplier
 
         self.config = config
         self.model = Transformer(config.model, init_seed=config.train.seed)
@@ -171,7 +171,7 @@ class PlainStep:
             self.optimizer, lr_multiplier(config.optim, config.train.max_steps))
 
     def __call__(self, micro_batches: list[dict[str, Any]]) -> float:
-        from pretrain.model import causal_lm_loss
+        from pretrain.nn.model import causal_lm_loss
 
         targets = sum(int((batch["labels"] != IGNORE_INDEX).sum()) for batch in micro_batches)
         cross_entropy_sum = 0.0
@@ -205,11 +205,11 @@ def build_step(row: dict[str, Any], shape: dict[str, int], rank: int,
     if row["engine"] == "plain":
         return (PlainStep(config) if rank == 0 else None), 0
     from pretrain.parallel.ds_config import resolve_precision
-    from pretrain.parallel.engine import build_engine
     from pretrain.parallel.topology import make_layout
+    from pretrain.train.loop import build_training_engine
 
     layout = make_layout(world_size, row["stages"], config.model.n_layers)
-    engine = build_engine(config, layout, resolve_precision(config.train.precision))
+    engine = build_training_engine(config, layout, resolve_precision(config.train.precision))
     engine.deepspeed.train()
     return engine.train_step, layout.data_rank_of(rank)
 
@@ -508,7 +508,7 @@ def main() -> None:
                 if row["vs_like"] is not None:
                     row["vs_like_median_round"] = statistics.median(per_round(row, like))
 
-    from pretrain.model import count_parameters
+    from pretrain.nn.model import count_parameters
 
     cfg = make_config(shape, "plain", 1, args.micro_batch, args.grad_accum).model
     tokens_per_step = args.micro_batch * args.grad_accum * args.seq_len

@@ -14,7 +14,7 @@ It measures no speed: that needs the GPU (bench/kernels.py).
 
 Usage: python bench/kernel_resources.py [--quick] [--out FILE]
 The table goes to stdout and the rows to bench/results/kernel_resources_triton<version>.json.
---quick compiles the subset that tests/test_kernel_resources.py checks in CI.
+--quick compiles the subset that tests/kernels/test_kernel_resources.py checks in CI.
 """
 
 from __future__ import annotations

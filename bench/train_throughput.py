@@ -42,8 +42,9 @@ sys.path.insert(0, str(ROOT))  # run from a checkout
 
 from bench.benchlib import RESULTS, device_slug, machine, write_results  # noqa: E402
 from pretrain.config import load_config  # noqa: E402
-from pretrain.metrics import METRICS, read_metrics  # noqa: E402
-from pretrain.planner import GPUS, GpuSpec, estimate_throughput, plan_memory  # noqa: E402
+from pretrain.runs import RunDir  # noqa: E402
+from pretrain.scaling.planner import GPUS, GpuSpec, estimate_throughput, plan_memory  # noqa: E402
+from pretrain.train.metrics import read_metrics  # noqa: E402
 
 GIB = 2**30
 
@@ -90,7 +91,7 @@ def predicted(model: Path, overrides: list[str], gpu: GpuSpec | None) -> dict[st
 
 
 def measured(run_dir: Path, warmup: int) -> dict[str, Any]:
-    rows = read_metrics(run_dir / METRICS)
+    rows = read_metrics(RunDir(run_dir).metrics)
     timed = [row for row in rows if row["step"] > warmup]
     result = {"steps_timed": len(timed), "first_loss": rows[0]["loss"],
               "last_loss": rows[-1]["loss"],
@@ -119,7 +120,7 @@ def run_row(args: argparse.Namespace, dataset: Path, attention: str, checkpointi
         print(f"{name}: exit status {status}; the end of {log}:\n  " + "\n  ".join(tail))
         return {**row, "status": status, "log_tail": tail}
     row.update(status=0, **measured(run_dir, args.warmup))
-    shutil.rmtree(run_dir / "checkpoints")  # a 1B model's is ~17 GB
+    shutil.rmtree(RunDir(run_dir).checkpoints)  # a 1B model's is ~17 GB
     return row
 
 

@@ -57,6 +57,7 @@ torch.compile.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import triton
@@ -84,7 +85,7 @@ def _configs(blocks: list[tuple[int, int, int, int]]) -> list[triton.Config]:
 # GPU candidates for Hopper (H100/H200) and Ampere: the usual FlashAttention-2 tiles first, and
 # last the one that compiles without register spills at head dim 256 on both sm_90a and sm_80
 # (`bench/kernel_resources.py` compiles every candidate for both and reports its shared memory,
-# registers, spills and tensor-core instructions; tests/test_kernel_resources.py checks the
+# registers, spills and tensor-core instructions; tests/kernels/test_kernel_resources.py checks the
 # first and the last). The autotuner skips those that need more shared memory than the GPU has.
 FORWARD_CONFIGS = _configs([(128, 128, 8, 3), (128, 64, 8, 3), (128, 64, 4, 3), (128, 32, 4, 4),
                             (64, 64, 4, 3), (64, 32, 4, 2), (64, 64, 8, 2)])
@@ -399,7 +400,8 @@ def _documents(doc_ids: Tensor | None) -> tuple[Tensor | None, Tensor | None, Te
     start = index - reference.positions_from_doc_ids(doc_ids)
     # Positions in the reversed row count the tokens after each one in its document.
     end = index + 1 + reference.positions_from_doc_ids(doc_ids.flip(1)).flip(1)
-    return tuple(x.to(torch.int32).contiguous() for x in (doc_ids, start, end))
+    ids, starts, ends = (x.to(torch.int32).contiguous() for x in (doc_ids, start, end))
+    return ids, starts, ends
 
 
 @torch.library.custom_op("siyada::flash_attention_forward", mutates_args=())
@@ -469,7 +471,7 @@ def _(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
     return _backward_outputs(q, k, v)
 
 
-def _setup_context(ctx: torch.autograd.function.FunctionCtx, inputs: tuple,
+def _setup_context(ctx: Any, inputs: tuple,
                    output: tuple[Tensor, Tensor]) -> None:
     q, k, v, doc_ids, causal, scale = inputs
     out, lse = output
@@ -478,7 +480,7 @@ def _setup_context(ctx: torch.autograd.function.FunctionCtx, inputs: tuple,
     ctx.causal, ctx.scale = causal, scale
 
 
-def _differentiate(ctx: torch.autograd.function.FunctionCtx, dout: Tensor,
+def _differentiate(ctx: Any, dout: Tensor,
                    _dlse: Tensor | None) -> tuple[Tensor | None, ...]:
     q, k, v, out, lse, doc_ids = ctx.saved_tensors
     dq, dk, dv = _backward(dout, q, k, v, out, lse, doc_ids, ctx.causal, ctx.scale)

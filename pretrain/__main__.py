@@ -2,7 +2,7 @@
 
 import sys
 
-from pretrain.signals import hold_stop_signals
+from pretrain.slurm.signals import hold_stop_signals
 
 
 def run() -> int:

@@ -5,6 +5,10 @@ A config file is YAML whose sections mirror `Config` below. It may start with
 merged first, in order, and the including file wins. Overrides are OmegaConf dotlists
 (`model.n_layers=4`) applied last. Every problem is raised as one `ConfigError` that names
 the key, the file it came from and what to do.
+
+Validation sits beside the fields: each section's `validate()` checks its own keys (a string
+key with a fixed set of values is declared with `choice(...)`), and `Config.validate()` checks
+what ties sections together.
 """
 
 from __future__ import annotations
@@ -16,28 +20,66 @@ import json
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
+from kernels.backends import ATTENTION_BACKENDS, AUTO, NORM_BACKENDS
 from pretrain.errors import InputError
+from pretrain.runs import RunDir
 
-# "auto": our Triton kernels on CUDA tensors, the PyTorch paths (sdpa, torch) elsewhere.
-ATTENTION_IMPLS = ("auto", "eager", "sdpa", "triton", "flash_attn")
-NORM_IMPLS = ("auto", "torch", "triton")
-ENGINES = ("zero3", "pipeline")
-PRETOKENIZERS = ("siyada", "generic")
-DEDUP_MODES = ("none", "exact", "near")
-BAD_DOCUMENT_POLICIES = ("error", "skip")
-SCHEDULES = ("cosine", "wsd", "constant")
-PRECISIONS = ("auto", "bf16", "fp16", "fp32")
-CHECKPOINT_MODES = ("none", "full", "selective")
-OFFLOAD_DEVICES = ("none", "cpu", "nvme")
+# The choices of the string-valued keys. Fields stay `str` (OmegaConf has no Literal type); each
+# is declared with `choice(...)` beside it and checked by `_check_choices`.
+Engine = Literal["zero3", "pipeline"]
+Pretokenizer = Literal["siyada", "generic"]
+DedupMode = Literal["none", "exact", "near"]
+BadDocumentPolicy = Literal["error", "skip"]
+Schedule = Literal["cosine", "wsd", "constant"]
+Precision = Literal["auto", "bf16", "fp16", "fp32"]
+CheckpointMode = Literal["none", "full", "selective"]
+OffloadDevice = Literal["none", "cpu", "nvme"]
+# "auto": our Triton kernels on CUDA tensors, the PyTorch paths elsewhere (kernels/backends.py).
+ATTENTION_IMPLS = (AUTO, *ATTENTION_BACKENDS)
+NORM_IMPLS = (AUTO, *NORM_BACKENDS)
+
+
+def choice(choices: Any, default: str) -> Any:
+    """A string field whose value must be one of `choices` (a Literal type or a tuple)."""
+    options = get_args(choices) or tuple(choices)
+    assert default in options, (default, options)
+    return field(default=default, metadata={"choices": options})
 
 
 class ConfigError(InputError, ValueError):
     """A bad configuration value; the message names the key and what to do."""
+
+
+def _require(condition: bool, key: str, message: str) -> None:
+    if not condition:
+        raise ConfigError(f"bad value for '{key}': {message}")
+
+
+def _check_choices(section: Any, prefix: str) -> None:
+    """Every `choice(...)` field of a config section holds one of its choices."""
+    for spec in dataclasses.fields(section):
+        options = spec.metadata.get("choices")
+        if options is not None:
+            value = getattr(section, spec.name)
+            _require(value in options, f"{prefix}.{spec.name}",
+                     f"'{value}' is not one of {', '.join(options)}")
+
+
+def _require_positive(section: Any, prefix: str, *names: str) -> None:
+    for name in names:
+        value = getattr(section, name)
+        _require(value > 0, f"{prefix}.{name}", f"must be positive, got {value}")
+
+
+def _require_not_negative(section: Any, prefix: str, *names: str) -> None:
+    for name in names:
+        value = getattr(section, name)
+        _require(value >= 0, f"{prefix}.{name}", f"must not be negative, got {value}")
 
 
 @dataclass
@@ -56,8 +98,8 @@ class ModelConfig:
     norm_eps: float = 1e-5
     tie_embeddings: bool = False
     init_std: float = 0.02
-    attention_impl: str = "auto"
-    norm_impl: str = "auto"
+    attention_impl: str = choice(ATTENTION_IMPLS, "auto")
+    norm_impl: str = choice(NORM_IMPLS, "auto")
 
     @property
     def kv_heads(self) -> int:
@@ -74,6 +116,21 @@ class ModelConfig:
         hidden = int(2 * 4 * self.d_model / 3)
         return self.multiple_of * -(-hidden // self.multiple_of)
 
+    def validate(self, prefix: str = "model") -> None:
+        _require_positive(self, prefix, "vocab_size", "d_model", "n_layers", "n_heads")
+        _require(self.d_model % self.n_heads == 0, f"{prefix}.n_heads",
+                 f"{self.n_heads} heads do not divide {prefix}.d_model={self.d_model}")
+        _require(self.head_dim % 2 == 0, f"{prefix}.n_heads",
+                 f"head dimension {self.head_dim} must be even for rotary embeddings")
+        _require(self.n_kv_heads is None or 0 < self.n_kv_heads <= self.n_heads,
+                 f"{prefix}.n_kv_heads", f"must be between 1 and {prefix}.n_heads="
+                 f"{self.n_heads}, got {self.n_kv_heads}")
+        _require(self.n_heads % self.kv_heads == 0, f"{prefix}.n_kv_heads",
+                 f"{self.kv_heads} key/value heads do not divide {prefix}.n_heads={self.n_heads}")
+        _require(self.ffn_hidden is None or self.ffn_hidden > 0, f"{prefix}.ffn_hidden",
+                 f"must be positive or null, got {self.ffn_hidden}")
+        _check_choices(self, prefix)
+
 
 @dataclass
 class TokenizerConfig:
@@ -83,9 +140,14 @@ class TokenizerConfig:
     """
 
     path: str = ""  # an existing tokenizer.json to use; empty = train one from the corpus
-    pretokenizer: str = "siyada"  # siyada: script-aware (Arabizi, Tifinagh); generic: GPT-2 style
+    # siyada: script-aware (Arabizi, Tifinagh); generic: GPT-2 style
+    pretokenizer: str = choice(Pretokenizer, "siyada")
     language_temperature: float = 3.0  # training sample: language share ~ bytes^(1/T)
     sample_bytes: int = 200_000_000  # at most this much text is sampled for training
+
+    def validate(self, prefix: str = "tokenizer") -> None:
+        _check_choices(self, prefix)
+        _require_positive(self, prefix, "language_temperature")
 
 
 @dataclass
@@ -101,6 +163,12 @@ class MixtureConfig:
     temperature: float = 1.0
     weights: dict[str, float] = field(default_factory=dict)
     max_epochs: float = 4.0  # warn when a stream would repeat more often (Muennighoff et al. 2023)
+
+    def validate(self, prefix: str = "data.mixture") -> None:
+        _require_positive(self, prefix, "temperature")
+        for stream, weight in self.weights.items():
+            _require(weight >= 0, f"{prefix}.weights.{stream}",
+                     f"must not be negative, got {weight}")
 
 
 @dataclass
@@ -119,13 +187,24 @@ class DataConfig:
     source_field: str = "source"  # field holding the source name (default: the file's stem)
     languages: dict[str, str] = field(default_factory=dict)  # file glob -> language, for files
     #                                                          without a language field (txt)
-    dedup: str = "exact"  # none | exact (same normalized text) | near (exact + MinHash)
+    # none | exact (same normalized text) | near (exact + MinHash)
+    dedup: str = choice(DedupMode, "exact")
     near_dup_threshold: float = 0.8  # estimated Jaccard similarity of word 5-grams
-    on_bad_document: str = "error"  # error: stop with the file and line; skip: count and log
+    # error: stop with the file and line; skip: count and log
+    on_bad_document: str = choice(BadDocumentPolicy, "error")
     prepare_workers: int = 0  # tokenizing processes; 0 = one per CPU core
     shard_size_mb: float = 64.0
     output: str = ""  # also upload shards to this object-store URL (s3://, gs://, oci://, ...)
     mixture: MixtureConfig = field(default_factory=MixtureConfig)
+
+    def validate(self, prefix: str = "data") -> None:
+        _require_positive(self, prefix, "seq_len", "shard_size_mb")
+        _require(0 <= self.validation_fraction < 1, f"{prefix}.validation_fraction",
+                 f"must be in [0, 1), got {self.validation_fraction}")
+        _check_choices(self, prefix)
+        _require(0 < self.near_dup_threshold <= 1, f"{prefix}.near_dup_threshold",
+                 f"must be in (0, 1], got {self.near_dup_threshold}")
+        self.mixture.validate(f"{prefix}.mixture")
 
 
 @dataclass
@@ -137,12 +216,13 @@ class ParallelConfig:
     ZeRO-1. The number of data-parallel ranks is world size / pipeline_stages.
     """
 
-    engine: str = "zero3"
+    engine: str = choice(Engine, "zero3")
     pipeline_stages: int = 1
     zero_stage: int | None = None  # None: 3 for zero3, 1 for pipeline (its only working stage)
-    activation_checkpointing: str = "none"  # none | full | selective (per block)
-    offload_optimizer: str = "none"  # zero3 only: none | cpu | nvme (optimizer state + step)
-    offload_params: str = "none"  # zero3 only: none | cpu | nvme
+    activation_checkpointing: str = choice(CheckpointMode, "none")  # per block
+    # zero3 only: none | cpu | nvme (optimizer state + step; parameters)
+    offload_optimizer: str = choice(OffloadDevice, "none")
+    offload_params: str = choice(OffloadDevice, "none")
     nvme_path: str = ""  # local NVMe folder for nvme offload
     # Communication sizes in elements; None derives them from model.d_model (ds_config.py).
     reduce_bucket_size: int | None = None
@@ -154,6 +234,32 @@ class ParallelConfig:
             return self.zero_stage
         return 3 if self.engine == "zero3" else 1
 
+    def validate(self, prefix: str = "parallel") -> None:
+        _require_positive(self, prefix, "pipeline_stages")
+        _check_choices(self, prefix)
+        _require(self.zero_stage in (None, 0, 1, 2, 3), f"{prefix}.zero_stage",
+                 f"must be 0, 1, 2, 3 or null (the engine's default), got {self.zero_stage}")
+        if self.engine == "zero3":
+            _require(self.pipeline_stages == 1, f"{prefix}.pipeline_stages",
+                     "the zero3 engine is pure data parallel; set parallel.engine=pipeline to "
+                     "use pipeline stages (DeepSpeed refuses ZeRO-2/3 with pipeline parallelism)")
+            _require(self.offload_params == "none" or self.resolved_zero_stage() == 3,
+                     f"{prefix}.offload_params", "parameter offload needs ZeRO stage 3")
+        else:
+            _require(self.resolved_zero_stage() <= 1, f"{prefix}.zero_stage",
+                     "DeepSpeed refuses ZeRO-2/3 with pipeline parallelism; use 1 (or leave it "
+                     "unset)")
+            for name in ("offload_optimizer", "offload_params"):
+                _require(getattr(self, name) == "none", f"{prefix}.{name}",
+                         "offload is supported with the zero3 engine only")
+        if "nvme" in (self.offload_optimizer, self.offload_params):
+            _require(bool(self.nvme_path), f"{prefix}.nvme_path",
+                     "nvme offload needs a local NVMe folder, e.g. parallel.nvme_path=/local_nvme")
+        for name in ("reduce_bucket_size", "prefetch_bucket_size", "param_persistence_threshold"):
+            value = getattr(self, name)
+            _require(value is None or value >= 0, f"{prefix}.{name}",
+                     f"must be a number of elements >= 0, or null to derive it, got {value}")
+
 
 @dataclass
 class OptimConfig:
@@ -163,10 +269,21 @@ class OptimConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     eps: float = 1e-8
     grad_clip: float = 1.0
-    schedule: str = "cosine"
+    schedule: str = choice(Schedule, "cosine")
     warmup_steps: int = 100
     decay_fraction: float = 0.2  # WSD: share of max_steps spent in the final decay
     z_loss: float = 0.0  # weight of the log(Z)^2 auxiliary loss; 0 disables it
+
+    def validate(self, prefix: str = "optim") -> None:
+        _check_choices(self, prefix)
+        _require(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
+                 f"{prefix}.betas", f"must be two numbers in [0, 1), got {list(self.betas)}")
+        _require_positive(self, prefix, "lr")
+        _require(0 <= self.min_lr_ratio <= 1, f"{prefix}.min_lr_ratio",
+                 f"must be in [0, 1], got {self.min_lr_ratio}")
+        _require_not_negative(self, prefix, "warmup_steps")
+        _require(0 < self.decay_fraction <= 1, f"{prefix}.decay_fraction",
+                 f"must be in (0, 1], got {self.decay_fraction}")
 
 
 @dataclass
@@ -176,12 +293,20 @@ class TrainConfig:
     micro_batch_size: int = 8  # sequences per rank per forward pass
     grad_accum_steps: int = 1
     seed: int = 1234
-    precision: str = "auto"  # auto: bf16 where the device supports it, fp32 on CPU
+    # auto: bf16 where the device supports it, fp32 on CPU
+    precision: str = choice(Precision, "auto")
+
+    def validate(self, prefix: str = "train") -> None:
+        _require_positive(self, prefix, "max_steps", "micro_batch_size", "grad_accum_steps")
+        _check_choices(self, prefix)
+        _require(self.stop_at_step is None or 0 < self.stop_at_step <= self.max_steps,
+                 f"{prefix}.stop_at_step", f"must be between 1 and {prefix}.max_steps="
+                 f"{self.max_steps}, got {self.stop_at_step}")
 
 
 @dataclass
 class CheckpointConfig:
-    """When to save, what to keep, and how much to trust on resume (pretrain/checkpoint.py)."""
+    """When to save, what to keep, and how much to trust on resume (pretrain/checkpoint/)."""
 
     interval: int = 500  # steps between saves; the last step is always saved
     resume: bool = True  # resume from the run directory's latest valid checkpoint
@@ -201,19 +326,29 @@ class CheckpointConfig:
     # fresh. To continue pretraining a model the lab already has.
     init_weights: str = ""
 
+    def validate(self, prefix: str = "checkpoint") -> None:
+        _require_positive(self, prefix, "interval")
+        _require_not_negative(self, prefix, "keep_last", "keep_every", "save_minutes_before_end")
+        _require(not (self.init_from and self.init_weights), f"{prefix}.init_weights",
+                 f"give {prefix}.init_from (a whole training state) or {prefix}.init_weights "
+                 "(weights only), not both")
+
 
 @dataclass
 class EvalConfig:
-    """Per-language validation on the held-out split (pretrain/evaluate.py)."""
+    """Per-language validation on the held-out split (pretrain/train/evaluate.py)."""
 
     enabled: bool = True
     interval: int = 0  # evaluate every N steps; 0: only when the run finishes
     max_sequences: int = 128  # per language, from the start of its split; 0: all of them
 
+    def validate(self, prefix: str = "eval") -> None:
+        _require_not_negative(self, prefix, "interval", "max_sequences")
+
 
 @dataclass
 class GuardConfig:
-    """Divergence guard (pretrain/guard.py): a bad step never reaches the weights for good.
+    """Divergence guard (pretrain/train/guard.py): a bad step never reaches the weights for good.
 
     A non-finite loss or gradient norm rolls back to the last checkpoint and skips that global
     batch. `spike_patience` steps in a row with a loss above `spike_factor` x the mean of the
@@ -225,6 +360,13 @@ class GuardConfig:
     spike_window: int = 50
     max_rollbacks: int = 5  # then stop: the run needs a human (lower lr, other data)
 
+    def validate(self, prefix: str = "guard") -> None:
+        _require_not_negative(self, prefix, "spike_factor", "max_rollbacks")
+        _require(self.spike_factor == 0 or self.spike_factor > 1, f"{prefix}.spike_factor",
+                 "must be above 1 (a multiple of the recent mean loss) or 0 to disable, got "
+                 f"{self.spike_factor}")
+        _require_positive(self, prefix, "spike_patience", "spike_window")
+
 
 @dataclass
 class LoggingConfig:
@@ -232,11 +374,18 @@ class LoggingConfig:
     tensorboard: bool = True
     progress_bar: bool = True
 
+    def validate(self, prefix: str = "logging") -> None:
+        _require_positive(self, prefix, "log_interval")
+
 
 @dataclass
 class RunConfig:
     name: str = "demo"
     dir: str = ""  # empty: runs/<name> under the current working directory
+
+    def validate(self, prefix: str = "run") -> None:
+        _require(bool(self.name or self.dir), f"{prefix}.name",
+                 "must not be empty (it names the run directory unless run.dir is set)")
 
 
 @dataclass
@@ -258,8 +407,24 @@ class Config:
         return Path(self.run.dir) if self.run.dir else Path("runs") / self.run.name
 
     @property
+    def files(self) -> RunDir:
+        """The run directory's files by name (pretrain/runs.py)."""
+        return RunDir(self.run_dir)
+
+    @property
     def dataset_dir(self) -> Path:
-        return Path(self.data.dataset) if self.data.dataset else self.run_dir / "data"
+        return Path(self.data.dataset) if self.data.dataset else self.files.data
+
+    def validate(self) -> None:
+        """Each section checks its own fields; here, what ties sections together."""
+        for spec in dataclasses.fields(self):
+            getattr(self, spec.name).validate(spec.name)
+        _require(self.data.seq_len <= self.model.max_seq_len, "data.seq_len",
+                 f"{self.data.seq_len} exceeds model.max_seq_len={self.model.max_seq_len}")
+        for step in self.checkpoint.save_at_steps:
+            _require(0 < step <= self.train.max_steps, "checkpoint.save_at_steps",
+                     f"{step} is not a step of this run (1 to train.max_steps="
+                     f"{self.train.max_steps})")
 
 
 def configs_dir() -> Path:
@@ -288,7 +453,7 @@ def _explain(error: OmegaConfBaseException, schema: DictConfig, source: str) -> 
         hint = (f"; did you mean '{close[0]}'?" if close
                 else "; see pretrain/config.py for the valid keys")
         return ConfigError(f"{source}: unknown config key '{key}'{hint}")
-    message = error.msg.splitlines()[0] if getattr(error, "msg", None) else str(error)
+    message = error.msg.splitlines()[0] if error.msg else str(error)
     return ConfigError(f"{source}: bad value for '{key}': {message}")
 
 
@@ -308,10 +473,12 @@ def _load_yaml(path: Path, seen: tuple[Path, ...] = ()) -> DictConfig:
     includes = loaded.pop("include", [])
     if isinstance(includes, str):
         includes = [includes]
-    merged = OmegaConf.create({})
+    merged: Any = OmegaConf.create({})
     for include in includes:
         merged = OmegaConf.merge(merged, _load_yaml(path.parent / include, seen + (path,)))
-    return OmegaConf.merge(merged, loaded)
+    result = OmegaConf.merge(merged, loaded)
+    assert isinstance(result, DictConfig)
+    return result
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
@@ -332,7 +499,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         config = OmegaConf.to_object(merged)
     except (ValidationError, OmegaConfBaseException) as error:
         raise _explain(error, schema, str(path)) from None
-    validate(config)
+    assert isinstance(config, Config)
+    config.validate()
     return config
 
 
@@ -342,121 +510,6 @@ def _parse_overrides(overrides: list[str]) -> DictConfig:
             raise ConfigError(f"command line: override '{item}' must look like key=value "
                               "(e.g. train.max_steps=100)")
     return OmegaConf.from_dotlist(overrides)
-
-
-def _require(condition: bool, key: str, message: str) -> None:
-    if not condition:
-        raise ConfigError(f"bad value for '{key}': {message}")
-
-
-def _require_choice(value: str, key: str, choices: tuple[str, ...]) -> None:
-    _require(value in choices, key, f"'{value}' is not one of {', '.join(choices)}")
-
-
-def validate(config: Config) -> None:
-    """Cross-field checks that types alone cannot express."""
-    model, data, parallel, optim, train = (config.model, config.data, config.parallel,
-                                           config.optim, config.train)
-    for key, value in (("model.vocab_size", model.vocab_size), ("model.d_model", model.d_model),
-                       ("model.n_layers", model.n_layers), ("model.n_heads", model.n_heads),
-                       ("data.seq_len", data.seq_len), ("train.max_steps", train.max_steps),
-                       ("data.shard_size_mb", data.shard_size_mb),
-                       ("train.micro_batch_size", train.micro_batch_size),
-                       ("train.grad_accum_steps", train.grad_accum_steps),
-                       ("checkpoint.interval", config.checkpoint.interval),
-                       ("logging.log_interval", config.logging.log_interval),
-                       ("parallel.pipeline_stages", parallel.pipeline_stages)):
-        _require(value > 0, key, f"must be positive, got {value}")
-    _require(model.d_model % model.n_heads == 0, "model.n_heads",
-             f"{model.n_heads} heads do not divide model.d_model={model.d_model}")
-    _require(model.head_dim % 2 == 0, "model.n_heads",
-             f"head dimension {model.head_dim} must be even for rotary embeddings")
-    _require(model.n_kv_heads is None or 0 < model.n_kv_heads <= model.n_heads, "model.n_kv_heads",
-             f"must be between 1 and model.n_heads={model.n_heads}, got {model.n_kv_heads}")
-    _require(model.n_heads % model.kv_heads == 0, "model.n_kv_heads",
-             f"{model.kv_heads} key/value heads do not divide model.n_heads={model.n_heads}")
-    _require(model.ffn_hidden is None or model.ffn_hidden > 0, "model.ffn_hidden",
-             f"must be positive or null, got {model.ffn_hidden}")
-    _require(data.seq_len <= model.max_seq_len, "data.seq_len",
-             f"{data.seq_len} exceeds model.max_seq_len={model.max_seq_len}")
-    _require(0 <= data.validation_fraction < 1, "data.validation_fraction",
-             f"must be in [0, 1), got {data.validation_fraction}")
-    _require_choice(model.attention_impl, "model.attention_impl", ATTENTION_IMPLS)
-    _require_choice(model.norm_impl, "model.norm_impl", NORM_IMPLS)
-    _require_choice(parallel.engine, "parallel.engine", ENGINES)
-    _require_choice(config.tokenizer.pretokenizer, "tokenizer.pretokenizer", PRETOKENIZERS)
-    _require_choice(data.dedup, "data.dedup", DEDUP_MODES)
-    _require_choice(data.on_bad_document, "data.on_bad_document", BAD_DOCUMENT_POLICIES)
-    _require(0 < data.near_dup_threshold <= 1, "data.near_dup_threshold",
-             f"must be in (0, 1], got {data.near_dup_threshold}")
-    _require(config.tokenizer.language_temperature > 0, "tokenizer.language_temperature",
-             f"must be positive, got {config.tokenizer.language_temperature}")
-    _require(data.mixture.temperature > 0, "data.mixture.temperature",
-             f"must be positive, got {data.mixture.temperature}")
-    for stream, weight in data.mixture.weights.items():
-        _require(weight >= 0, f"data.mixture.weights.{stream}",
-                 f"must not be negative, got {weight}")
-    _require_choice(optim.schedule, "optim.schedule", SCHEDULES)
-    _require_choice(train.precision, "train.precision", PRECISIONS)
-    _require(parallel.zero_stage in (None, 0, 1, 2, 3), "parallel.zero_stage",
-             f"must be 0, 1, 2, 3 or null (the engine's default), got {parallel.zero_stage}")
-    _require_choice(parallel.activation_checkpointing, "parallel.activation_checkpointing",
-                    CHECKPOINT_MODES)
-    _require_choice(parallel.offload_optimizer, "parallel.offload_optimizer", OFFLOAD_DEVICES)
-    _require_choice(parallel.offload_params, "parallel.offload_params", OFFLOAD_DEVICES)
-    if parallel.engine == "zero3":
-        _require(parallel.pipeline_stages == 1, "parallel.pipeline_stages",
-                 "the zero3 engine is pure data parallel; set parallel.engine=pipeline to use "
-                 "pipeline stages (DeepSpeed refuses ZeRO-2/3 with pipeline parallelism)")
-        _require(parallel.offload_params == "none" or parallel.resolved_zero_stage() == 3,
-                 "parallel.offload_params", "parameter offload needs ZeRO stage 3")
-    else:
-        _require(parallel.resolved_zero_stage() <= 1, "parallel.zero_stage",
-                 "DeepSpeed refuses ZeRO-2/3 with pipeline parallelism; use 1 (or leave it "
-                 "unset)")
-        for key in ("offload_optimizer", "offload_params"):
-            _require(getattr(parallel, key) == "none", f"parallel.{key}",
-                     "offload is supported with the zero3 engine only")
-    if "nvme" in (parallel.offload_optimizer, parallel.offload_params):
-        _require(bool(parallel.nvme_path), "parallel.nvme_path",
-                 "nvme offload needs a local NVMe folder, e.g. parallel.nvme_path=/local_nvme")
-    checkpoint, guard = config.checkpoint, config.guard
-    for key, value in (("eval.interval", config.eval.interval),
-                       ("eval.max_sequences", config.eval.max_sequences),
-                       ("checkpoint.keep_last", checkpoint.keep_last),
-                       ("checkpoint.keep_every", checkpoint.keep_every),
-                       ("checkpoint.save_minutes_before_end", checkpoint.save_minutes_before_end),
-                       ("guard.spike_factor", guard.spike_factor),
-                       ("guard.max_rollbacks", guard.max_rollbacks)):
-        _require(value >= 0, key, f"must not be negative, got {value}")
-    _require(not (checkpoint.init_from and checkpoint.init_weights), "checkpoint.init_weights",
-             "give checkpoint.init_from (a whole training state) or checkpoint.init_weights "
-             "(weights only), not both")
-    for step in checkpoint.save_at_steps:
-        _require(0 < step <= train.max_steps, "checkpoint.save_at_steps",
-                 f"{step} is not a step of this run (1 to train.max_steps={train.max_steps})")
-    _require(guard.spike_factor == 0 or guard.spike_factor > 1, "guard.spike_factor",
-             f"must be above 1 (a multiple of the recent mean loss) or 0 to disable, got "
-             f"{guard.spike_factor}")
-    for key, value in (("guard.spike_patience", guard.spike_patience),
-                       ("guard.spike_window", guard.spike_window)):
-        _require(value > 0, key, f"must be positive, got {value}")
-    for key in ("reduce_bucket_size", "prefetch_bucket_size", "param_persistence_threshold"):
-        value = getattr(parallel, key)
-        _require(value is None or value >= 0, f"parallel.{key}",
-                 f"must be a number of elements >= 0, or null to derive it, got {value}")
-    _require(len(optim.betas) == 2 and all(0 <= b < 1 for b in optim.betas), "optim.betas",
-             f"must be two numbers in [0, 1), got {list(optim.betas)}")
-    _require(train.stop_at_step is None or 0 < train.stop_at_step <= train.max_steps,
-             "train.stop_at_step",
-             f"must be between 1 and train.max_steps={train.max_steps}, got {train.stop_at_step}")
-    _require(optim.lr > 0, "optim.lr", f"must be positive, got {optim.lr}")
-    _require(0 <= optim.min_lr_ratio <= 1, "optim.min_lr_ratio",
-             f"must be in [0, 1], got {optim.min_lr_ratio}")
-    _require(optim.warmup_steps >= 0, "optim.warmup_steps",
-             f"must not be negative, got {optim.warmup_steps}")
-    _require(0 < optim.decay_fraction <= 1, "optim.decay_fraction",
-             f"must be in (0, 1], got {optim.decay_fraction}")
 
 
 def to_dict(config: Config) -> dict[str, Any]:
@@ -471,3 +524,4 @@ def config_hash(config: Config) -> str:
     """A short stable hash of the resolved config, recorded with checkpoints."""
     canonical = json.dumps(to_dict(config), sort_keys=True)
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+

@@ -5,7 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pretrain.metrics import read_metrics
+from pretrain.train.metrics import read_metrics
 
 # A model small enough that tens of steps take seconds on one CPU core.
 TINY = ["model.vocab_size=1024", "model.d_model=64", "model.n_layers=2", "model.n_heads=4",

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pretrain.data.dataset import FORMAT_VERSION
 from pretrain.data.packing import write_samples
-from pretrain.data.prepare import FORMAT_VERSION
 
 Sample = tuple[np.ndarray, np.ndarray]  # tokens (uint32), doc_ids (uint16)
 

@@ -9,7 +9,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+import pytest
+
+from tests.paths import REPO
+
+pytestmark = pytest.mark.e2e
+
+ROOT = REPO
 
 
 def test_train_throughput_runs_real_training_and_writes_its_rows(tmp_path: Path) -> None:

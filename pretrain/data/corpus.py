@@ -31,7 +31,7 @@ import logging
 import re
 import zlib
 from collections import Counter, defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path, PurePath
@@ -121,7 +121,14 @@ def _suffix(path: Path) -> str | None:
     return next((suffix for suffix in SUFFIXES if path.name.endswith(suffix)), None)
 
 
-def corpus_files(paths: list[str | Path]) -> list[Path]:
+def _known_suffix(path: Path) -> str:
+    """The suffix of a file `corpus_files` accepted (it only lists supported ones)."""
+    suffix = _suffix(path)
+    assert suffix is not None, path
+    return suffix
+
+
+def corpus_files(paths: Sequence[str | Path]) -> list[Path]:
     """The document files behind `paths`: folders expand recursively to supported files, sorted."""
     files: dict[Path, None] = {}  # ordered set: a file listed twice is read once
     for path in map(Path, paths):
@@ -140,7 +147,7 @@ def corpus_files(paths: list[str | Path]) -> list[Path]:
     return list(files)
 
 
-def read_documents(paths: list[str | Path], data: DataConfig | None = None,
+def read_documents(paths: Sequence[str | Path], data: DataConfig | None = None,
                    bad: BadInput | None = None) -> Iterator[Document]:
     """Every document in `paths`, file by file in `corpus_files` order (in this process)."""
     data = data or DataConfig()
@@ -167,7 +174,7 @@ class Piece:
 
 def file_pieces(path: Path, data: DataConfig) -> Iterator[Piece]:
     """Cut one corpus file into pieces, in order, without parsing it (cheap, main process)."""
-    suffix = _suffix(path)
+    suffix = _known_suffix(path)
     pieces = _parquet_pieces(path, data) if suffix == ".parquet" else _line_pieces(path, suffix)
     empty = True
     for piece in pieces:
@@ -240,8 +247,8 @@ def parse_piece(piece: Piece, data: DataConfig) -> tuple[list[Document], list[Pr
     records = _rows(piece) if parquet else _lines(piece)
     mapped_lang = next((lang for pattern, lang in data.languages.items()
                         if PurePath(path).match(pattern)), None)
-    default_source = path.name[:-len(_suffix(path))]
-    tags: dict[tuple[str, str], Problem | None] = {}  # few (lang, source): check once
+    default_source = path.name[:-len(_known_suffix(path))]
+    tags: dict[tuple[str, str] | None, Problem | None] = {}  # few (lang, source): check once
     documents: list[Document] = []
     problems: list[Problem] = []
     for position, record in records:
@@ -249,6 +256,7 @@ def parse_piece(piece: Piece, data: DataConfig) -> tuple[list[Document], list[Pr
             problems.append(replace(record, where=where(position)))
             continue
         text = record.get(TEXT_FIELD)
+        problem: Problem | None
         lang = record.get(data.language_field)
         lang = mapped_lang if lang is None else lang
         source = record.get(data.source_field)
@@ -264,7 +272,8 @@ def parse_piece(piece: Piece, data: DataConfig) -> tuple[list[Document], list[Pr
             if tag is not None:
                 tags[tag] = problem
             if problem is None:
-                documents.append(Document(text, lang, source))
+                assert tag is not None  # _check_tags passes string tags only
+                documents.append(Document(text, *tag))
                 continue
         problems.append(replace(problem, where=where(position)))
     return documents, problems
@@ -289,6 +298,7 @@ Records = Iterator[tuple[int | None, Any]]  # (line or row, record dict or Probl
 
 
 def _lines(piece: Piece) -> Records:
+    assert piece.first is not None  # pieces with records start somewhere
     offset = piece.offset
     txt = piece.path.suffix == ".txt"
     for number, raw in enumerate(piece.lines.split(b"\n"), start=piece.first):
@@ -315,6 +325,7 @@ def _lines(piece: Piece) -> Records:
 
 
 def _rows(piece: Piece) -> Records:
+    assert piece.first is not None  # pieces with records start somewhere
     columns = piece.rows.schema.names
     values = [piece.rows.column(name).to_pylist() for name in columns]
     for row, record in enumerate(zip(*values, strict=True), start=piece.first):

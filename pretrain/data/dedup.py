@@ -104,6 +104,7 @@ class Deduplicator:
             return "exact"
         self._digests.add(digest)
         if self.mode == "near":
+            assert band_keys is not None, "near dedup needs the document's band keys"
             keys = band_keys.tolist()
             if any(key in seen for key, seen in zip(keys, self._bands, strict=True)):
                 return "near"

@@ -46,12 +46,15 @@ import torch
 
 from pretrain.config import MixtureConfig
 from pretrain.data import DataError
+from pretrain.data.dataset import PREPARE_HINT, load_manifest
 from pretrain.data.mixture import StreamShare, plan_mixture
-from pretrain.data.prepare import PREPARE_HINT, load_manifest
 from pretrain.data.streaming_import import import_streaming
 from pretrain.data.tokenizer import PAD_ID
 
 streaming = import_streaming()
+# The two classes extended below (a module attribute has no static type: say so once).
+_StreamingDataset: Any = streaming.StreamingDataset
+_StreamingDataLoader: Any = streaming.StreamingDataLoader
 
 IGNORE_INDEX = -100  # torch.nn.functional.cross_entropy's default ignore_index
 
@@ -74,7 +77,7 @@ def collate(samples: list[dict[str, np.ndarray]]) -> dict[str, torch.Tensor]:
             "labels": make_labels(tokens, doc_ids, PAD_ID)}
 
 
-class DataParallelDataset(streaming.StreamingDataset):
+class DataParallelDataset(_StreamingDataset):
     """A StreamingDataset that splits each epoch over the data-parallel group (module docstring)."""
 
     def __init__(self, *, plan: list[StreamShare], dp_rank: int, dp_world_size: int,
@@ -93,7 +96,7 @@ class DataParallelDataset(streaming.StreamingDataset):
         self.length = math.ceil(self.epoch_size / dp_world_size)  # was divided by WORLD_SIZE
 
 
-class DataParallelLoader(streaming.StreamingDataLoader):
+class DataParallelLoader(_StreamingDataLoader):
     """StreamingDataLoader whose state counts samples over the data-parallel group.
 
     The parent multiplies the samples this rank has yielded by WORLD_SIZE; what the group as a

@@ -71,7 +71,7 @@ def pack_documents(docs_token_lists: Iterable[Sequence[int]], seq_len: int,
 
     def samples() -> Iterator[Sample]:
         for document in docs_token_lists:
-            yield from packer.add(np.asarray(document, TOKEN_DTYPE), [len(document)])
+            yield from packer.add(np.asarray(document, TOKEN_DTYPE), np.array([len(document)]))
         yield from packer.finish()
 
     return samples()

@@ -1,10 +1,6 @@
 """Prepare a dataset (`pretrain prepare`): raw documents in, packed MDS shards + manifest out.
 
-The prepared folder:
-    tokenizer.json              byte-level BPE (see tokenizer.py), trained here or copied
-    train/<lang>/<source>/      one MDS stream per language and source (index.json + shards)
-    val/<lang>/                 each language's held-out documents, for per-language evaluation
-    manifest.json               counts, hashes, provenance; written last: its presence = complete
+The prepared folder is described in dataset.py (which readers use); this module writes it.
 
 Two passes over the corpus, both spread over `data.prepare_workers` processes through an
 *ordered* map, so the result does not depend on the number of workers:
@@ -34,7 +30,6 @@ import logging
 import mmap
 import multiprocessing
 import os
-import re
 import shutil
 from array import array
 from collections import Counter, defaultdict, deque
@@ -60,6 +55,14 @@ from pretrain.data.corpus import (
     parse_piece,
     resolve_corpus,
 )
+from pretrain.data.dataset import (
+    FORMAT_VERSION,
+    MANIFEST,
+    TOKENIZER,
+    TRAIN,
+    VAL,
+    load_manifest,
+)
 from pretrain.data.dedup import Deduplicator, MinHasher, content_digest
 from pretrain.data.normalize import normalize_text
 from pretrain.data.packing import TOKEN_DTYPE, Packer, Sample, write_samples
@@ -73,12 +76,8 @@ from pretrain.data.tokenizer import (
     save_tokenizer,
     train_tokenizer,
 )
-from pretrain.fileio import atomic_write_json, sha256_file
+from pretrain.fileio import atomic_write_json, building_folder, leftover_folders, sha256_file
 
-FORMAT_VERSION = 2
-MANIFEST = "manifest.json"
-TOKENIZER = "tokenizer.json"
-TRAIN, VAL = "train", "val"
 WORK = ".work"  # temporary per-stream document files, inside the staging folder
 COUNTS = ("documents", "tokens", "bytes", "samples")  # per stream; bytes of normalized UTF-8
 TASK_BYTES = 1 << 20  # text per tokenizing task: large enough to amortize sending it
@@ -86,7 +85,6 @@ SHUFFLE_WINDOW_BYTES = 1 << 26  # documents are shuffled within windows of this 
 # Config keys that do not change the prepared files, left out of the manifest so that datasets
 # prepared with other worker counts (or used with other loader settings) compare equal.
 NOT_RECORDED = ("dataset", "num_workers", "shuffle", "mixture", "prepare_workers")
-PREPARE_HINT = "run `pretrain prepare` (or delete the folder and let `pretrain train` prepare it)"
 
 log = logging.getLogger(__name__)
 
@@ -105,16 +103,10 @@ def prepare_dataset(config: Config, out_dir: Path | None = None) -> dict[str, An
         raise DataError(f"{out_dir}: exists and is not a prepared dataset; refusing to overwrite "
                         "it. Choose another data.dataset folder or empty this one")
     _remove_leftovers(out_dir)
-    staging = out_dir.with_name(f".{out_dir.name}.partial-{os.getpid()}")
-    staging.mkdir(parents=True)
-    try:
+    with building_folder(out_dir) as staging:
         if config.data.output:
             _uploader(staging, config.data.output)  # a bad URL or credentials fail now, not later
         manifest = _build(config, files, staging)
-        _replace_folder(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     if config.data.output:
         upload_dataset(out_dir, config.data.output)
     return manifest
@@ -437,7 +429,7 @@ def _total(parts: Iterable[dict[str, Any]]) -> dict[str, int]:
 def _manifest(config: Config, root: Path, scan: _Scan, counts: dict[str, dict[str, int]],
               vocab_size: int) -> dict[str, Any]:
     """The manifest; `counts` has the streams that received documents, in path order."""
-    streams = [{"name": path.removeprefix(f"{TRAIN}/"), "path": path,
+    streams: list[dict[str, Any]] = [{"name": path.removeprefix(f"{TRAIN}/"), "path": path,
                 "lang": scan.spills[path].lang, "source": scan.spills[path].source, **stream}
                for path, stream in counts.items() if path.startswith(f"{TRAIN}/")]
     by_language: dict[str, list[dict]] = defaultdict(list)
@@ -491,14 +483,7 @@ def _file_entries(root: Path) -> list[dict[str, Any]]:
 
 def _remove_leftovers(out_dir: Path) -> None:
     """Remove the temporary folders of interrupted runs; refuse if their run is still alive."""
-    pattern = re.compile(rf"\.{re.escape(out_dir.name)}\.(?:partial|old)-(\d+)")
-    if not out_dir.parent.is_dir():
-        return
-    for folder in sorted(out_dir.parent.iterdir()):
-        match = pattern.fullmatch(folder.name)
-        if not match:
-            continue
-        pid = int(match[1])
+    for folder, pid in leftover_folders(out_dir):
         if pid != os.getpid() and _alive(pid):
             raise DataError(f"{folder}: another `pretrain prepare` (pid {pid}) is writing "
                             f"{out_dir}; wait for it to finish or stop it (if process {pid} "
@@ -515,17 +500,6 @@ def _alive(pid: int) -> bool:
     except PermissionError:  # another user's process
         return True
     return True
-
-
-def _replace_folder(new: Path, target: Path) -> None:
-    """Move `new` to `target`, replacing a previous dataset (rename is atomic per folder)."""
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        os.replace(target, old)
-        os.replace(new, target)
-        shutil.rmtree(old)
-    else:
-        os.replace(new, target)
 
 
 def upload_dataset(out_dir: Path, remote: str) -> None:
@@ -569,57 +543,3 @@ def _version() -> str:
         return importlib.import_module("pretrain").__version__
     except (ImportError, AttributeError):
         return "0.1.0"
-
-
-# --- reading a prepared dataset --------------------------------------------------------------
-
-def load_manifest(out_dir: Path) -> dict[str, Any]:
-    """The manifest of a prepared dataset; DataError if it is missing, corrupt or too old."""
-    path = Path(out_dir) / MANIFEST
-    if not path.is_file():
-        raise DataError(f"{out_dir}: no prepared dataset ({MANIFEST} missing); {PREPARE_HINT}")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise DataError(f"{path}: corrupt ({error}); {PREPARE_HINT}") from None
-    if not isinstance(manifest, dict) or manifest.get("format_version") != FORMAT_VERSION:
-        raise DataError(f"{path}: not a format {FORMAT_VERSION} dataset manifest; {PREPARE_HINT}")
-    return manifest
-
-
-def dataset_is_ready(out_dir: Path) -> bool:
-    """Whether `out_dir` holds a complete prepared dataset (shards are not re-checked)."""
-    try:
-        load_manifest(out_dir)
-    except DataError:
-        return False
-    return True
-
-
-def verify_dataset(out_dir: Path, checksums: bool = False) -> None:
-    """Check every file in the manifest is present with its size (and sha256 if `checksums`)."""
-    for entry in load_manifest(out_dir)["files"]:
-        path = Path(out_dir) / entry["path"]
-        if not path.is_file():
-            problem = "is missing"
-        elif path.stat().st_size != entry["bytes"]:
-            problem = f"has {path.stat().st_size} bytes, the manifest says {entry['bytes']}"
-        elif checksums and sha256_file(path) != entry["sha256"]:
-            problem = "does not match its sha256 in the manifest"
-        else:
-            continue
-        raise DataError(f"{path}: dataset file {problem} (corrupt or incomplete copy); "
-                        f"{PREPARE_HINT}")
-
-
-def check_tokenizer(manifest: dict[str, Any], tokenizer_path: str | Path) -> None:
-    """DataError unless `tokenizer_path` is the very tokenizer the dataset was prepared with."""
-    path = Path(tokenizer_path)
-    if not path.is_file():
-        raise DataError(f"tokenizer file not found: {path}; fix tokenizer.path")
-    found, expected = sha256_file(path), manifest["tokenizer"]["sha256"]
-    if found != expected:
-        raise DataError(f"{path}: sha256 {found[:12]}... differs from the tokenizer the dataset "
-                        f"was prepared with ({expected[:12]}...): its token ids would be "
-                        "misread. Re-run `pretrain prepare` with this tokenizer.path, or use "
-                        "the dataset's own tokenizer.json")

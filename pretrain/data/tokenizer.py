@@ -149,9 +149,9 @@ def train_tokenizer(documents: Iterable[Document | str], vocab_size: int,
         raise DataError(f"vocab_size {vocab_size} is too small: a byte-level tokenizer needs at "
                         f"least {MIN_VOCAB_SIZE} ({NUM_SPECIAL_TOKENS} special tokens + 256 "
                         "bytes)")
-    documents = [item if isinstance(item, Document) else Document(item, UNLABELLED, "")
-                 for item in documents]
-    sample = sample_for_tokenizer(documents, language_temperature, sample_bytes, seed)
+    labelled = [item if isinstance(item, Document) else Document(item, UNLABELLED, "")
+                for item in documents]
+    sample = sample_for_tokenizer(labelled, language_temperature, sample_bytes, seed)
     tokenizer = Tokenizer(models.BPE())  # no unk_token: every byte is in the alphabet
     tokenizer.pre_tokenizer = make_pre_tokenizer(pretokenizer)
     tokenizer.decoder = decoders.ByteLevel()

@@ -76,7 +76,13 @@ def _zero_section(config: Config) -> dict[str, Any]:
     return section
 
 
-def deepspeed_config(config: Config, layout: ParallelLayout, precision: str) -> dict[str, Any]:
+def deepspeed_config(config: Config, layout: ParallelLayout, precision: str,
+                     load_universal: bool = False) -> dict[str, Any]:
+    """The DeepSpeed config for this run and layout.
+
+    load_universal: the engine will load a universal checkpoint, i.e. one converted for another
+    layout (pretrain/checkpoint/reshard.py); DeepSpeed must know before deepspeed.initialize.
+    """
     train = config.train
     ds_config: dict[str, Any] = {
         "train_batch_size": train.micro_batch_size * train.grad_accum_steps
@@ -91,8 +97,10 @@ def deepspeed_config(config: Config, layout: ParallelLayout, precision: str) -> 
         "wall_clock_breakdown": False,
     }
     if config.parallel.offload_optimizer != "none":
-        # The offloaded step runs DeepSpeed's CPU Adam (pretrain/parallel/zero.py builds it).
+        # The offloaded step runs DeepSpeed's CPU Adam (pretrain/train/optim.py builds it).
         ds_config["zero_force_ds_cpu_optimizer"] = True
+    if load_universal:
+        ds_config["checkpoint"] = {"load_universal": True}
     if config.parallel.engine == "pipeline":
         # Activations travel whole between stages (no tensor parallelism to partition them over).
         ds_config["pipeline"] = {"pipe_partitioned": False, "grad_partitioned": False}

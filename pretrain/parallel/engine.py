@@ -3,7 +3,8 @@
 The loop hands an engine the micro-batches of one optimizer step (this rank's share of the
 global batch); the engine runs forward, backward and the optimizer step its own way
 (`zero3`: pretrain/parallel/zero.py, `pipeline`: pretrain/parallel/pipeline.py) and returns the
-step's loss, the same number on every rank.
+step's loss, the same number on every rank. `build_engine` (pretrain/parallel/build.py) makes
+the configured one.
 
 Loss normalisation: the loss of a step is the mean cross-entropy over every target of the
 global batch (all micro-batches of all data-parallel ranks). DeepSpeed divides each micro-batch
@@ -19,65 +20,55 @@ of targets per micro-batch, so a mean of per-micro-batch means would differ.)
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from pretrain import faults
-from pretrain.config import Config
-from pretrain.model import causal_lm_loss
-from pretrain.parallel.ds_config import deepspeed_config
+from pretrain.nn.model import causal_lm_loss
 from pretrain.parallel.topology import ParallelLayout
-from pretrain.schedule import lr_multiplier
 
 MicroBatch = dict[str, Tensor]  # input_ids, doc_ids, labels: [micro_batch_size, seq_len] each
+# Builds the optimizer over the module DeepSpeed will wrap (pretrain/train/optim.py).
+OptimizerFactory = Callable[[torch.nn.Module], torch.optim.Optimizer]
 
 
-def loss_terms(logits: Tensor, labels: Tensor, z_loss: float) -> tuple[Tensor, Tensor]:
-    """(objective, cross-entropy) summed over the targets, as both engines compute them."""
-    objective, cross_entropy = causal_lm_loss(logits, labels, z_loss)
-    return faults.poison(objective), cross_entropy
+class Objective:
+    """The per-micro-batch loss both engines optimise: (objective, cross-entropy) summed over
+    the targets (pretrain/nn/model.py `causal_lm_loss`).
 
-
-def build_optimizer(module: torch.nn.Module, config: Config) -> torch.optim.Optimizer:
-    """AdamW with weight decay on matrices only (norm weights are not decayed).
-
-    With the optimizer offloaded to CPU or NVMe, DeepSpeed's vectorised CPU Adam runs the step
-    (torch's AdamW on CPU would be several times slower, and DeepSpeed refuses it).
+    `hook`, when set, transforms the objective before backward; the training loop's callbacks
+    use it (the fault-injection tests turn a batch's loss into NaN with it). None in real runs.
     """
-    # Under deepspeed.zero.Init a parameter is an empty shard; ds_shape is its real shape.
-    def is_matrix(param: torch.nn.Parameter) -> bool:
-        return len(getattr(param, "ds_shape", param.shape)) >= 2
 
-    params = [p for p in module.parameters() if p.requires_grad]
-    optim = config.optim
-    groups = [{"params": [p for p in params if is_matrix(p)], "weight_decay": optim.weight_decay},
-              {"params": [p for p in params if not is_matrix(p)], "weight_decay": 0.0}]
-    if config.parallel.offload_optimizer != "none":
-        from deepspeed.ops.adam import DeepSpeedCPUAdam
+    def __init__(self, z_loss: float) -> None:
+        self.z_loss = z_loss
+        self.hook: Callable[[Tensor], Tensor] | None = None
 
-        return DeepSpeedCPUAdam(groups, lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps,
-                                adamw_mode=True)
-    return torch.optim.AdamW(groups, lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps)
+    def __call__(self, logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        objective, cross_entropy = causal_lm_loss(logits, labels, self.z_loss)
+        if self.hook is not None:
+            objective = self.hook(objective)
+        return objective, cross_entropy
 
 
 class Engine:
     """Owns the DeepSpeed engine, its optimizer and schedule; subclasses run the steps."""
 
-    def __init__(self, module: torch.nn.Module, config: Config, layout: ParallelLayout,
-                 ds_config: dict[str, Any]) -> None:
+    def __init__(self, module: torch.nn.Module, layout: ParallelLayout,
+                 ds_config: dict[str, Any], make_optimizer: OptimizerFactory,
+                 lr_schedule: Callable[[int], float], objective: Objective) -> None:
         import deepspeed
 
-        optimizer = build_optimizer(module, config)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lr_multiplier(config.optim, config.train.max_steps))
+        optimizer = make_optimizer(module)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule)
         self.deepspeed, _, _, _ = deepspeed.initialize(
             model=module, optimizer=optimizer, lr_scheduler=self.scheduler, config=ds_config)
         self.ds_config = ds_config
         self.layout = layout
-        self.z_loss = config.optim.z_loss
+        self.objective = objective
         self.device = self.deepspeed.device  # collectives run on it (NCCL needs GPU tensors)
 
     def train_step(self, micro_batches: list[MicroBatch]) -> float:
@@ -116,28 +107,11 @@ class Engine:
         if local_sum is not None:
             total += local_sum.detach().to(torch.float64)
         dist.all_reduce(total)
-        return (total / targets).item()
+        return float((total / targets).item())
 
     def learning_rate(self) -> float:
-        return self.scheduler.get_last_lr()[0]
+        return float(self.scheduler.get_last_lr()[0])
 
     def grad_norm(self) -> float:
         norm = self.deepspeed.get_global_grad_norm()
         return float(norm) if norm is not None else float("nan")
-
-
-def build_engine(config: Config, layout: ParallelLayout, precision: str,
-                 load_universal: bool = False) -> Engine:
-    """The configured engine. load_universal: it will load a universal (resharded) checkpoint."""
-    ds_config = deepspeed_config(config, layout, precision)
-    if load_universal:
-        from pretrain.reshard import universal_load_config
-
-        ds_config["checkpoint"] = universal_load_config()
-    if config.parallel.engine == "pipeline":
-        from pretrain.parallel.pipeline import PipelineEngine
-
-        return PipelineEngine(config, layout, ds_config)
-    from pretrain.parallel.zero import ZeroEngine
-
-    return ZeroEngine(config, layout, ds_config)

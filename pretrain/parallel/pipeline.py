@@ -1,6 +1,6 @@
 """The `pipeline` engine: layers split into stages (DeepSpeed PipelineModule), x data parallel.
 
-The same components as pretrain/model.py, laid out as a sequence DeepSpeed can cut:
+The same components as pretrain/nn/model.py, laid out as a sequence DeepSpeed can cut:
 
     embedding -> block 0 -> ... -> block L-1 -> final norm -> head (-> loss on the last stage)
 
@@ -25,13 +25,25 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from pretrain.activation_checkpointing import run_block
-from pretrain.config import Config, ModelConfig
-from pretrain.model import Block, Embedding, Linear, RMSNorm, rotary_tables
-from pretrain.parallel.engine import Engine, MicroBatch, loss_terms
+from pretrain.config import ModelConfig
+from pretrain.nn.activation_checkpointing import run_block
+from pretrain.nn.model import (
+    EMBEDDING,
+    FINAL_NORM,
+    HEAD,
+    Block,
+    Embedding,
+    Linear,
+    RMSNorm,
+    rotary_tables,
+)
+from pretrain.parallel.engine import Engine, MicroBatch, Objective
 from pretrain.parallel.topology import ParallelLayout
 
 Activations = tuple[Tensor, Tensor]  # hidden states [B, T, d_model], doc_ids [B, T]
+# The stages below subclass the model's modules (same parameters, names and init) but take and
+# return what DeepSpeed passes between stages, so their forward signatures differ on purpose
+# (the `type: ignore[override]`s).
 
 
 class EmbeddingStage(Embedding):
@@ -41,7 +53,7 @@ class EmbeddingStage(Embedding):
         super().__init__(cfg.vocab_size, cfg.d_model, std=cfg.init_std, seed=seed,
                          name="model.embed_tokens")
 
-    def forward(self, inputs: Activations) -> Activations:
+    def forward(self, inputs: Activations) -> Activations:  # type: ignore[override]
         input_ids, doc_ids = inputs
         return super().forward(input_ids), doc_ids
 
@@ -54,7 +66,7 @@ class BlockStage(Block):
         self.cfg = cfg
         self.checkpointing = checkpointing
 
-    def forward(self, inputs: Activations) -> Activations:
+    def forward(self, inputs: Activations) -> Activations:  # type: ignore[override]
         hidden, doc_ids = inputs
         cos, sin = rotary_tables(self.cfg, doc_ids, doc_ids, hidden.dtype)
         mode = self.checkpointing if self.training else "none"
@@ -67,7 +79,7 @@ class FinalNormStage(RMSNorm):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__(cfg.d_model, cfg.norm_eps, cfg.norm_impl)
 
-    def forward(self, inputs: Activations) -> Tensor:
+    def forward(self, inputs: Activations) -> Tensor:  # type: ignore[override]
         return super().forward(inputs[0])
 
 
@@ -92,17 +104,38 @@ class PipelineLoss:
     It also sums the plain cross-entropy of the step, for the logged loss.
     """
 
-    def __init__(self, z_loss: float) -> None:
-        self.z_loss = z_loss
+    def __init__(self, objective: Objective) -> None:
+        self.objective = objective
         self.cross_entropy_sum: Tensor | None = None  # this step's, on the last stage only
 
     def __call__(self, logits: Tensor, labels_and_weight: tuple[Tensor, Tensor]) -> Tensor:
         labels, weight = labels_and_weight
-        objective, cross_entropy = loss_terms(logits, labels, self.z_loss)
+        objective, cross_entropy = self.objective(logits, labels)
         if self.cross_entropy_sum is None:
             self.cross_entropy_sum = torch.zeros((), device=logits.device)
         self.cross_entropy_sum += cross_entropy.detach()
         return objective * weight
+
+
+def pipeline_layers(cfg: ModelConfig) -> list[str]:
+    """What each layer of the PipelineModule is, by index: the one source of the stage order.
+
+    "embedding", "block <i>" for decoder layer i, "final_norm", "head". `pipeline_module` builds
+    its LayerSpecs from this list; weight loading and export map DeepSpeed's layer indices back
+    to our parameter names with `parameter_name`.
+    """
+    return ["embedding", *(f"block {i}" for i in range(cfg.n_layers)), "final_norm", "head"]
+
+
+def parameter_name(cfg: ModelConfig, index: int, key: str) -> str:
+    """Our (Hugging Face) parameter name of key `key` in pipeline layer `index`."""
+    layers = pipeline_layers(cfg)
+    if not 0 <= index < len(layers):
+        raise ValueError(f"pipeline layer {index} is not a layer of this model")
+    kind, _, block = layers[index].partition(" ")
+    if kind == "block":
+        return f"model.layers.{block}.{key}"
+    return {"embedding": EMBEDDING, "final_norm": FINAL_NORM, "head": HEAD}[kind]
 
 
 def pipeline_module(cfg: ModelConfig, layout: ParallelLayout, seed: int, checkpointing: str,
@@ -111,32 +144,31 @@ def pipeline_module(cfg: ModelConfig, layout: ParallelLayout, seed: int, checkpo
     from deepspeed.pipe import LayerSpec, PipelineModule, TiedLayerSpec
     from deepspeed.runtime.pipe.topology import PipeDataParallelTopology
 
-    if cfg.tie_embeddings:
-        embedding = TiedLayerSpec("embed", EmbeddingStage, cfg, seed)
-        head = TiedLayerSpec("embed", EmbeddingStage, cfg, seed, forward_fn=_tied_head)
-    else:
-        embedding, head = LayerSpec(EmbeddingStage, cfg, seed), LayerSpec(HeadStage, cfg, seed)
-    layers = [embedding,
-              *(LayerSpec(BlockStage, cfg, index, seed, checkpointing)
-                for index in range(cfg.n_layers)),
-              LayerSpec(FinalNormStage, cfg),
-              head]
+    def spec(layer: str) -> Any:
+        kind, _, index = layer.partition(" ")
+        if kind == "embedding":
+            return (TiedLayerSpec("embed", EmbeddingStage, cfg, seed) if cfg.tie_embeddings
+                    else LayerSpec(EmbeddingStage, cfg, seed))
+        if kind == "block":
+            return LayerSpec(BlockStage, cfg, int(index), seed, checkpointing)
+        if kind == "final_norm":
+            return LayerSpec(FinalNormStage, cfg)
+        # The head: with tied embeddings, the embedding matrix again (TiedLayerSpec)
+        return (TiedLayerSpec("embed", EmbeddingStage, cfg, seed, forward_fn=_tied_head)
+                if cfg.tie_embeddings else LayerSpec(HeadStage, cfg, seed))
+
     topology = PipeDataParallelTopology(num_pp=layout.pipeline_stages,
                                         num_dp=layout.data_parallel)
-    return PipelineModule(layers=layers, topology=topology, loss_fn=loss_fn,
-                          partition_method="parameters")
+    return PipelineModule(layers=[spec(layer) for layer in pipeline_layers(cfg)],
+                          topology=topology, loss_fn=loss_fn, partition_method="parameters")
 
 
 class PipelineEngine(Engine):
-    def __init__(self, config: Config, layout: ParallelLayout, ds_config: dict[str, Any]) -> None:
-        self.loss_fn = PipelineLoss(config.optim.z_loss)
-        module = pipeline_module(config.model, layout, config.train.seed,
-                                 config.parallel.activation_checkpointing, self.loss_fn)
-        if config.checkpoint.init_weights:  # before DeepSpeed copies the weights into its optimizer
-            from pretrain.hf import load_weights
-
-            load_weights(module, config.checkpoint.init_weights, config.model)
-        super().__init__(module, config, layout, ds_config)
+    def __init__(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> None:
+        super().__init__(module, *args, **kwargs)
+        loss_fn = module.loss_fn  # the one `pipeline_module` was given
+        assert isinstance(loss_fn, PipelineLoss)
+        self.loss_fn = loss_fn
 
     def train_step(self, micro_batches: list[MicroBatch]) -> float:
         targets = self.global_targets(micro_batches)

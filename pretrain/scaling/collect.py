@@ -18,9 +18,9 @@ from typing import Any
 
 from pretrain.config import load_config
 from pretrain.fileio import atomic_write_text
-from pretrain.metrics import read_metrics
 from pretrain.scaling.fit import ScalingError
 from pretrain.scaling.plan import MANIFEST
+from pretrain.train.metrics import ALL_LANGUAGES, read_metrics, validation_by_language
 
 
 def read_plan(experiment: Path) -> dict[str, Any]:
@@ -33,8 +33,8 @@ def read_plan(experiment: Path) -> dict[str, Any]:
 
 def _evaluations(experiment: Path, run: dict[str, Any]) -> list[dict[str, Any]]:
     """The metrics rows of a run that hold a validation loss, oldest first."""
-    run_dir = Path(load_config(Path(experiment) / run["config"]).run_dir)
-    return [row for row in read_metrics(run_dir / "metrics.jsonl") if "val/loss" in row]
+    metrics = load_config(Path(experiment) / run["config"]).files.metrics
+    return [row for row in read_metrics(metrics) if "val/loss" in row]
 
 
 def finished_runs(experiment: Path) -> set[str]:
@@ -54,9 +54,9 @@ def collect(experiment: Path) -> tuple[list[dict[str, Any]], list[str]]:
             unfinished.append(run["name"])
         for row in evaluations:
             tokens = row["tokens_seen"]
-            languages = {name.split("/")[1]: value for name, value in row.items()
-                         if name.startswith("val/") and name.endswith("/loss")
-                         and name.count("/") == 2}
+            languages = {language: values["loss"] for language, values
+                         in validation_by_language(row).items()
+                         if language != ALL_LANGUAGES and "loss" in values}
             rows.append({"run": run["name"], "N": run["N"], "D": tokens,
                          "C": 6.0 * run["N"] * tokens, "step": row["step"],
                          "final": row["step"] == run["steps"], "loss": row["val/loss"],

@@ -53,7 +53,8 @@ class Observations:
     N: npt.NDArray[np.float64]
     D: npt.NDArray[np.float64]
     loss: npt.NDArray[np.float64]
-    C: npt.NDArray[np.float64] | None = None
+    # None: 6·N·D. Always an array once constructed (__post_init__ fills it in).
+    C: npt.NDArray[np.float64] = None  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
         runs = len(np.atleast_1d(self.N))
@@ -114,8 +115,8 @@ def read_table(path: str | Path, loss_column: str = "loss") -> Observations:
     if not values["N"]:
         raise ScalingError(f"{path}: no data rows; put one row per training run under the header")
     N = np.array(values["N"])
-    C = np.array(values["C"]) if "C" in values else None
     D = np.array(values["D"]) if "D" in values else np.array(values["C"]) / (6 * N)
+    C = np.array(values["C"]) if "C" in values else 6 * N * D
     return Observations(N=N, D=D, loss=np.array(values["loss"]), C=C)
 
 
@@ -611,7 +612,7 @@ def summarize(fit: LossSurfaceFit, budget: float, intervals: BootstrapResult | N
     n_opt, d_opt = fit.compute_optimal(budget)
     loss = fit.predict(n_opt, d_opt)
 
-    def show(value: float, name: str, fmt: str) -> str:
+    def show(value: float | npt.NDArray[np.float64], name: str, fmt: str) -> str:
         text = format(float(value), fmt)
         if intervals is not None:
             low, high = intervals.interval(name, budget, level)

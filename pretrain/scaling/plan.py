@@ -62,10 +62,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pretrain.checkpoint import checkpoint_root, step_tag
-from pretrain.config import Config, ModelConfig, load_config, to_yaml, validate
+from pretrain.checkpoint.store import checkpoint_root, step_tag
+from pretrain.config import Config, ModelConfig, load_config, to_yaml
 from pretrain.fileio import atomic_write_json, atomic_write_text
-from pretrain.model import count_parameters, flops_per_token
+from pretrain.nn.model import count_parameters, flops_per_token
 from pretrain.scaling.fit import ScalingError
 
 MANIFEST = "manifest.json"
@@ -162,10 +162,6 @@ class Shape:
     n_kv_heads: int
     ffn_hidden: int
 
-    @property
-    def aspect_ratio(self) -> float:
-        return self.d_model / self.n_layers
-
     def apply(self, model: ModelConfig) -> ModelConfig:
         return dataclasses.replace(model, **dataclasses.asdict(self))
 
@@ -225,8 +221,14 @@ class ShapeRule:
 def _closest(target: float, counted: list[tuple[int, Shape]],
              rule: ShapeRule) -> tuple[int, Shape]:
     middle = math.sqrt(rule.aspect_ratio[0] * rule.aspect_ratio[1])
-    return min(counted, key=lambda item: (abs(math.log(item[0] / target)),
-                                          abs(math.log(item[1].aspect_ratio / middle))))
+
+    def distance(item: tuple[int, Shape]) -> tuple[float, float]:
+        """How far from the target size, then from the middle aspect ratio (width / depth)."""
+        count, shape = item
+        return (abs(math.log(count / target)),
+                abs(math.log(shape.d_model / shape.n_layers / middle)))
+
+    return min(counted, key=distance)
 
 
 # --------------------------------------------------------------------------------------------
@@ -450,9 +452,10 @@ def _plan_size(base: Config, directory: Path, group: list[_Target], n: int, shap
     for target in group:
         if target.budget is not None:
             tokens = target.budget / (6 * n)
-            budget = f"{target.budget:.3g}".replace("e+", "e")
-            plans.append((f"{directory.name}-C{budget}-N{_label(n)}", target.budget, tokens))
+            label = f"{target.budget:.3g}".replace("e+", "e")
+            plans.append((f"{directory.name}-C{label}-N{_label(n)}", target.budget, tokens))
         else:
+            assert target.tokens_per_param is not None  # a ladder's target
             tokens = target.tokens_per_param * n
             plans.append((f"{directory.name}-N{_label(n)}-D{_label(tokens)}", 6 * n * tokens,
                           tokens))
@@ -476,7 +479,7 @@ def _plan_size(base: Config, directory: Path, group: list[_Target], n: int, shap
         config.train.max_steps = steps
         config.train.micro_batch_size = batch.micro_batch_size
         config.train.grad_accum_steps = batch.grad_accum_steps
-        validate(config)
+        config.validate()
         runs.append(PlannedRun(
             name=name, budget=budget, target_n=group[0].size, n=n,
             params_total=count_parameters(model, include_embeddings=True),

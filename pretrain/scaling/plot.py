@@ -18,14 +18,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TypeVar
+from typing import TypeAlias, TypeVar, Union, cast
 
 import numpy as np
 from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.cm import ScalarMappable
-from matplotlib.colors import ListedColormap, LogNorm
+from matplotlib.colors import ListedColormap, LogNorm, Normalize
 from matplotlib.figure import Figure
 
 from pretrain.scaling.fit import (
@@ -38,7 +38,7 @@ from pretrain.scaling.fit import (
 )
 
 T = TypeVar("T")
-Labelled = T | Mapping[str, T]  # one data set, or one per label
+Labelled: TypeAlias = Union[T, Mapping[str, T]]  # one data set, or one per label  # noqa: UP007
 
 _BUDGET_COLORS = "viridis"
 _BUDGET_SPAN = 0.85  # of the colormap: its light yellow end is hard to see on white
@@ -63,7 +63,7 @@ def _check_runs(runs: dict[str, Observations]) -> None:
             raise ScalingError(f"{who}: there are none to plot; give at least one training run")
 
 
-def _same_labels(fits: dict[str, object], others: dict[str, object], what: str) -> None:
+def _same_labels(fits: Mapping[str, object], others: Mapping[str, object], what: str) -> None:
     if set(others) != set(fits):
         raise ScalingError(f"{what} are labelled {sorted(others)} but the fits {sorted(fits)}; "
                            "give one per label, with the same labels")
@@ -196,7 +196,7 @@ def plot_loss_surface(fits: Labelled[LossSurfaceFit], runs: Labelled[Observation
                            linewidths=0.5)
         ax.clabel(lines, fmt="%.2f", fontsize="x-small")
         figure.colorbar(filled, ax=ax, label="predicted loss", format="%.2f")
-        ax.scatter(obs.N, obs.D, c=obs.loss, cmap=filled.cmap, norm=filled.norm,
+        ax.scatter(obs.N, obs.D, c=obs.loss, cmap=filled.cmap, norm=cast(Normalize, filled.norm),
                    edgecolors="black", s=28, zorder=3, label="runs (observed loss)")
         _draw_iso_compute(ax, obs, n_range, d_range, rtol)
         if fit.alpha > 0 and fit.beta > 0:

@@ -1,0 +1,344 @@
+"""Checkpoints: one folder per step, committed atomically, verified before they are trusted.
+
+Layout under the run directory:
+
+    checkpoints/
+      latest                 name of the newest committed checkpoint (replaced atomically)
+      step_00000100/
+        ...                  DeepSpeed's model, optimizer and scheduler shards
+        rng_rank00000.pt     each rank's Python / NumPy / torch (CPU, CUDA) RNG states
+        meta.json            written last: step, tokens, data-loader state, the resolved config
+                             and its hash, the world layout, and every file's size and sha256
+
+Saving (every rank): DeepSpeed writes its shards, each rank its RNG file; the files are split
+over the ranks, each fsyncs and hashes its share; rank 0 writes meta.json (temporary name, fsync,
+rename) and only then moves `latest`. A crash at any point leaves the previous checkpoint in
+charge: a folder without a complete meta.json is never loaded.
+
+Resuming: the newest folder whose files match its meta (sizes always, sha256 on request) is
+loaded; a broken one is reported by name and skipped. A checkpoint of another model shape,
+tokenizer, data mixture or global batch is refused unless `checkpoint.allow_config_change`.
+A different number of data-parallel ranks is resharded through a universal checkpoint
+(pretrain/checkpoint/reshard.py); other layout changes are refused.
+
+Checkpoints live on a filesystem every rank sees (as on any cluster): each rank lists and hashes
+the same folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+import shutil
+import threading
+from collections.abc import Callable, Collection
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from pretrain.config import Config, config_hash, to_dict
+from pretrain.errors import InputError
+from pretrain.fileio import atomic_write_json, atomic_write_text, fsync_file, sha256_file
+from pretrain.parallel.topology import ParallelLayout, Topology
+from pretrain.runs import RunDir
+
+LATEST = "latest"
+META = "meta.json"
+FORMAT_VERSION = 2
+# Model settings that choose a kernel, not a shape: changing them keeps a checkpoint valid.
+_RUNTIME_MODEL_KEYS = ("attention_impl", "norm_impl")
+
+
+class CheckpointError(InputError, RuntimeError):
+    """A checkpoint that cannot be trusted or loaded; the message names it."""
+
+
+def checkpoint_root(run_dir: Path) -> Path:
+    return RunDir(run_dir).checkpoints
+
+
+def step_tag(step: int) -> str:
+    return f"step_{step:08d}"
+
+
+def _step_of(folder: Path) -> int:
+    return int(folder.name.removeprefix("step_"))
+
+
+def _step_folders(root: Path) -> list[Path]:
+    """step_* folders, oldest first."""
+    folders = [p for p in root.glob("step_*") if p.is_dir() and p.name[5:].isdigit()]
+    return sorted(folders, key=_step_of)
+
+
+# --- what a checkpoint records about its run -------------------------------------------------
+
+def run_identity(config: Config, layout: ParallelLayout, tokenizer_sha256: str) -> dict[str, Any]:
+    """The config, its hash, the layout, and the settings a resumed run must share.
+
+    `compat` holds what makes a checkpoint meaningless for another run: the model shape, the
+    tokenizer, the data mixture, the sequence length and the global batch (sequences per step;
+    the data order and the schedule depend on it).
+    """
+    train = config.train
+    model = {key: value for key, value in dataclasses.asdict(config.model).items()
+             if key not in _RUNTIME_MODEL_KEYS}
+    mixture = {"temperature": config.data.mixture.temperature,
+               "weights": dict(config.data.mixture.weights)}
+    return {
+        "config_hash": config_hash(config),
+        "config": to_dict(config),
+        "layout": {"engine": config.parallel.engine, "world_size": layout.world_size,
+                   "pipeline_stages": layout.pipeline_stages,
+                   "data_parallel": layout.data_parallel,
+                   "zero_stage": config.parallel.resolved_zero_stage()},
+        "compat": {"model": model, "tokenizer_sha256": tokenizer_sha256, "mixture": mixture,
+                   "seq_len": config.data.seq_len,
+                   "global_batch": train.micro_batch_size * train.grad_accum_steps
+                   * layout.data_parallel},
+    }
+
+
+def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [line for key in sorted(set(old) | set(new))
+                for line in _differences(old.get(key), new.get(key), f"{prefix}{key}.")]
+    return [] if old == new else [f"{prefix.rstrip('.')}: {old!r} -> {new!r}"]
+
+
+def check_compatible(folder: Path, meta: dict[str, Any], identity: dict[str, Any],
+                     allow_change: bool) -> list[str]:
+    """Refuse a checkpoint from another run's settings (unless allowed); return the changes."""
+    changes = _differences(meta["identity"]["compat"], identity["compat"])
+    if changes and not allow_change:
+        raise CheckpointError(
+            f"{folder}: saved by a run with other settings ({'; '.join(changes)}). Resume with "
+            "the settings it was saved with, start a new run directory, or set "
+            "checkpoint.allow_config_change=true to load it anyway")
+    return changes
+
+
+def layout_change(folder: Path, meta: dict[str, Any], identity: dict[str, Any]) -> str | None:
+    """None if the checkpoint's layout is ours; the change if it can be resharded; else raise.
+
+    Supported (through a universal checkpoint, reshard.py): another number of
+    data-parallel ranks with either engine, and another number of pipeline stages with the
+    pipeline engine. Refused: another engine or another ZeRO stage (other file layouts).
+    """
+    old, new = meta["identity"]["layout"], identity["layout"]
+    if old == new:
+        return None
+    for key in ("engine", "zero_stage"):
+        if old[key] != new[key]:
+            raise CheckpointError(
+                f"{folder}: saved with parallel {key.replace('_', ' ')} {old[key]}, this run has "
+                f"{new[key]}; a checkpoint resumes only with the engine and ZeRO stage it was "
+                f"saved with (set parallel.{key}={old[key]})")
+    return (f"{old['pipeline_stages']} x {old['data_parallel']} -> {new['pipeline_stages']} x "
+            f"{new['data_parallel']} (pipeline stages x data-parallel ranks)")
+
+
+# --- saving ----------------------------------------------------------------------------------
+
+def _rng_file(folder: Path, rank: int) -> Path:
+    return folder / f"rng_rank{rank:05d}.pt"
+
+
+def _capture_rng() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(),
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _restore_rng(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _record_files(folder: Path, topology: Topology, checksums: bool) -> dict[str, dict]:
+    """Size (and sha256) of every file in the folder; each rank fsyncs and hashes its share."""
+    names = sorted(str(p.relative_to(folder)) for p in folder.rglob("*")
+                   if p.is_file() and p.name != META)
+    mine: dict[str, dict[str, Any]] = {}
+    for name in names[topology.rank::topology.world_size]:
+        path = folder / name
+        fsync_file(path)
+        mine[name] = {"size": path.stat().st_size}
+        if checksums:
+            mine[name]["sha256"] = sha256_file(path)
+    shares: list[dict] = [{} for _ in range(topology.world_size)]
+    dist.all_gather_object(shares, mine)
+    return {name: record for share in shares for name, record in sorted(share.items())}
+
+
+def save(engine: Any, run_dir: Path, step: int, client_state: dict[str, Any],
+         topology: Topology, identity: dict[str, Any], checksums: bool = True,
+         while_saving: Callable[[int], None] | None = None) -> Path:
+    """Collective: every rank calls this. Returns the committed checkpoint folder.
+
+    while_saving(step) runs on every rank once all files are written and before anything is
+    committed (the loop's callbacks: the crash tests die there).
+    """
+    root = checkpoint_root(run_dir)
+    tag = step_tag(step)
+    folder = root / tag
+    if topology.is_main and folder.exists():
+        shutil.rmtree(folder)  # what an interrupted save of this same step left behind
+    dist.barrier()
+    engine.save_checkpoint(str(root), tag=tag, client_state=client_state, save_latest=False)
+    rng_file = _rng_file(folder, topology.rank)
+    torch.save(_capture_rng(), rng_file.with_suffix(".tmp"))
+    rng_file.with_suffix(".tmp").replace(rng_file)
+    dist.barrier()
+    if while_saving is not None:
+        while_saving(step)
+    files = _record_files(folder, topology, checksums)
+    if topology.is_main:
+        meta = {"format_version": FORMAT_VERSION, "step": step,
+                "world_size": topology.world_size, "client_state": client_state,
+                "identity": identity, "files": files,
+                "versions": {"torch": torch.__version__, "deepspeed": _deepspeed_version()}}
+        atomic_write_json(folder / META, meta)
+        atomic_write_text(root / LATEST, tag + "\n")
+    dist.barrier()
+    return folder
+
+
+def _deepspeed_version() -> str:
+    import deepspeed
+
+    return deepspeed.__version__
+
+
+# --- verifying and loading -------------------------------------------------------------------
+
+def verify(folder: Path, checksums: bool = False) -> dict[str, Any]:
+    """Return the meta of a complete checkpoint, or raise CheckpointError saying what is wrong."""
+    meta_path = folder / META
+    if not meta_path.is_file():
+        raise CheckpointError(f"{folder}: no {META}, so the save never finished")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except json.JSONDecodeError as error:
+        raise CheckpointError(f"{meta_path}: unreadable ({error})") from None
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"{folder}: written in checkpoint format "
+                              f"{meta.get('format_version', 1)}, this version reads "
+                              f"{FORMAT_VERSION}; start a new run directory")
+    for name, record in meta["files"].items():
+        path = folder / name
+        if not path.is_file():
+            raise CheckpointError(f"{folder}: file {name} is missing")
+        if path.stat().st_size != record["size"]:
+            raise CheckpointError(f"{folder}: file {name} has {path.stat().st_size} bytes, "
+                                  f"expected {record['size']}")
+        if checksums and "sha256" in record and sha256_file(path) != record["sha256"]:
+            raise CheckpointError(f"{folder}: file {name} does not match its sha256")
+    return meta
+
+
+def find_resumable(run_dir: Path, checksums: bool = False,
+                   report: bool = True) -> tuple[Path, dict[str, Any]] | None:
+    """The newest checkpoint that verifies; broken ones are reported and skipped."""
+    for folder in reversed(_step_folders(checkpoint_root(run_dir))):
+        try:
+            return folder, verify(folder, checksums)
+        except CheckpointError as error:
+            if report:
+                print(f"[checkpoint] skipping {error}", flush=True)
+    return None
+
+
+def load(engine: Any, folder: Path, topology: Topology,
+         universal_dir: Path | None = None) -> dict[str, Any]:
+    """Collective: load a verified checkpoint into the engine; return its client state.
+
+    universal_dir: the checkpoint converted for another data-parallel size (reshard.py);
+    the engine must then have been built with load_universal.
+    """
+    source = universal_dir or folder
+    path, client_state = engine.load_checkpoint(str(source.parent), tag=source.name)
+    if path is None:
+        raise CheckpointError(f"{source}: DeepSpeed could not load it")
+    # Each rank's RNG streams continue where they were; a rank that did not exist before
+    # (more ranks than at save time) keeps its fresh seeding. The model draws no random
+    # numbers while training, so this only matters for future dropout-like features.
+    rng_file = _rng_file(folder, topology.rank)
+    if rng_file.is_file():
+        _restore_rng(torch.load(rng_file, weights_only=False))
+    return client_state
+
+
+# --- retention and the mirror ----------------------------------------------------------------
+
+def prune(root: Path, keep_last: int, keep_every: int,
+          keep_steps: Collection[int] = ()) -> list[Path]:
+    """Delete old checkpoints: keep the newest `keep_last` committed ones, every step that is a
+    multiple of `keep_every`, and the steps in `keep_steps`. Only folders older than the newest
+    committed checkpoint are touched, so this runs after a commit and never removes the only
+    good copy. Main rank only.
+    """
+    folders = _step_folders(root)
+    committed = [f for f in folders if (f / META).is_file()]
+    if not committed or keep_last == 0:
+        return []
+    newest = _step_of(committed[-1])
+    keep = {f.name for f in committed[-keep_last:]}
+    removed = []
+    for folder in folders:
+        step = _step_of(folder)
+        permanent = ((keep_every and step % keep_every == 0) or step in keep_steps) \
+            and (folder / META).is_file()
+        if step < newest and folder.name not in keep and not permanent:
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
+
+
+class Mirror:
+    """Copies each committed checkpoint to a second location in a background thread.
+
+    The copy lands under a temporary name and is renamed when complete, then `latest` there
+    moves, and the same retention applies. A failed copy is reported, never fatal: the
+    primary checkpoint is already safe. One copy at a time: a new one waits for the last.
+    """
+
+    def __init__(self, target: Path, keep_last: int, keep_every: int,
+                 keep_steps: Collection[int] = ()) -> None:
+        self.target, self.keep_last, self.keep_every = target, keep_last, keep_every
+        self.keep_steps = keep_steps
+        self.thread: threading.Thread | None = None
+
+    def start(self, folder: Path) -> None:
+        self.wait()
+        self.thread = threading.Thread(target=self._copy, args=(folder,), daemon=False,
+                                       name="checkpoint-mirror")
+        self.thread.start()
+
+    def wait(self) -> None:
+        if self.thread is not None:
+            self.thread.join()
+            self.thread = None
+
+    def _copy(self, folder: Path) -> None:
+        partial = self.target / f".{folder.name}.partial"
+        try:
+            shutil.rmtree(partial, ignore_errors=True)
+            shutil.copytree(folder, partial)
+            verify(partial)  # the copy has every file at its size before it takes the name
+            shutil.rmtree(self.target / folder.name, ignore_errors=True)
+            partial.rename(self.target / folder.name)
+            atomic_write_text(self.target / LATEST, folder.name + "\n")
+            prune(self.target, self.keep_last, self.keep_every, self.keep_steps)
+        except (OSError, CheckpointError) as error:
+            print(f"[checkpoint] mirror copy of {folder.name} to {self.target} failed: {error}",
+                  flush=True)

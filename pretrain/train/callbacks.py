@@ -1,0 +1,37 @@
+"""Callbacks: what the training loop calls at fixed points of every step, for concerns that are
+not training itself (today: the fault injection of the crash-safety tests, pretrain/train/
+faults.py). A callback overrides the points it needs; the loop calls them in order.
+
+    before_step(trainer, batch)   a global batch is about to be trained (counted from 1)
+    after_step(trainer, step)     step `step` is done and logged, before any checkpoint
+    while_saving(step)            every file of the step's checkpoint is written, nothing is
+                                  committed yet (no meta.json, `latest` not moved)
+
+A callback sees the trainer through `TrainerView`: its engine, where this rank is, and the
+StopWatch that records stop signals.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from pretrain.parallel.engine import Engine
+from pretrain.parallel.topology import Topology
+from pretrain.slurm.signals import StopWatch
+
+
+class TrainerView(Protocol):
+    engine: Engine
+    topology: Topology
+    watch: StopWatch | None  # None until the loop runs
+
+
+class Callback:
+    def before_step(self, trainer: TrainerView, batch: int) -> None:
+        pass
+
+    def after_step(self, trainer: TrainerView, step: int) -> None:
+        pass
+
+    def while_saving(self, step: int) -> None:
+        pass

@@ -1,0 +1,59 @@
+"""Deliberate failures for the crash-safety tests: a loop callback, installed only when
+SIYADA_FAULT is set (real runs never set it, and then nothing here runs).
+
+    SIYADA_FAULT=save@20   every rank dies (os._exit, no cleanup, as after kill -9 or a node
+                           loss) in the middle of saving the step-20 checkpoint: DeepSpeed's
+                           files are written, meta.json is not
+    SIYADA_FAULT=hang@12   rank 0 stalls after step 12 (logged, not saved) until it gets a stop
+                           signal, and the other ranks wait for it in the next collective: a
+                           test can kill -9 the run, or signal it, at a step of its choosing
+    SIYADA_FAULT=nan@7     the loss of the 7th global batch becomes NaN before backward, as a
+                           bad batch would make it (the divergence guard must roll back and skip
+                           that batch; pretrain/train/guard.py)
+
+Several faults may be given, comma-separated.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import defaultdict
+
+from torch import Tensor
+
+from pretrain.train.callbacks import Callback, TrainerView
+
+ENV = "SIYADA_FAULT"
+CRASH_EXIT_CODE = 86  # distinct from every status the trainer itself uses
+
+
+def _nan(loss: Tensor) -> Tensor:
+    return loss * float("nan")
+
+
+class FaultInjector(Callback):
+    def __init__(self, spec: str) -> None:
+        self.planned: dict[str, set[int]] = defaultdict(set)
+        for item in filter(None, spec.split(",")):
+            name, _, step = item.partition("@")
+            self.planned[name].add(int(step))
+
+    @classmethod
+    def from_environment(cls) -> FaultInjector | None:
+        spec = os.environ.get(ENV, "")
+        return cls(spec) if spec else None
+
+    def before_step(self, trainer: TrainerView, batch: int) -> None:
+        trainer.engine.objective.hook = _nan if batch in self.planned["nan"] else None
+
+    def after_step(self, trainer: TrainerView, step: int) -> None:
+        if trainer.topology.rank == 0 and step in self.planned["hang"]:
+            print(f"[fault] {ENV}: hanging after step {step}", flush=True)
+            while trainer.watch is None or trainer.watch.reason() is None:
+                time.sleep(0.05)
+
+    def while_saving(self, step: int) -> None:
+        if step in self.planned["save"]:
+            print(f"[fault] {ENV}: dying at save@{step}", flush=True)
+            os._exit(CRASH_EXIT_CODE)

@@ -1,0 +1,167 @@
+"""End-to-end training through the real CLI and a real DeepSpeed ZeRO-3 engine (CPU, gloo).
+
+Each run is its own process, as a restarted job would be.
+"""
+
+import json
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from pretrain.checkpoint.store import LATEST, checkpoint_root, find_resumable
+from pretrain.slurm.signals import REQUEUE_EXIT_CODE
+from pretrain.train.metrics import read_metrics
+from tests.cli_runs import TINY, command, environment, losses, ok, prepare_dataset, pretrain
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    """The sample corpus prepared once by `pretrain prepare`, shared by the runs below."""
+    return prepare_dataset(tmp_path_factory.mktemp("prepared"))
+
+
+def test_loss_falls_and_the_run_directory_is_complete(dataset, tmp_path):
+    run_dir = tmp_path / "run"
+    result = ok(pretrain("train", *TINY, f"data.dataset={dataset}", f"run.dir={run_dir}",
+                         "train.max_steps=40", "checkpoint.interval=20", cwd=tmp_path))
+    curve = losses(run_dir)
+    assert len(curve) == 40
+    first, last = sum(curve[:5]) / 5, sum(curve[-5:]) / 5
+    assert last < first - 1.0, f"loss did not fall enough: {first:.3f} -> {last:.3f}"
+    rows = read_metrics(run_dir / "metrics.jsonl")
+    assert {"loss", "lr", "grad_norm", "tokens_per_s", "tokens_seen"} <= rows[-1].keys()
+    assert rows[-1]["tokens_seen"] == 40 * 8 * 64
+
+    ds_config = json.loads((run_dir / "deepspeed_config.json").read_text())
+    assert ds_config["zero_optimization"]["stage"] == 3
+    assert ds_config["train_micro_batch_size_per_gpu"] == 8
+    assert "n_layers: 2" in (run_dir / "config.yaml").read_text()
+    assert (run_dir / "loss.png").stat().st_size > 0
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    assert (checkpoint_root(run_dir) / LATEST).read_text().strip() == "step_00000040"
+    assert sorted(p.name for p in checkpoint_root(run_dir).glob("step_*")) == [
+        "step_00000020", "step_00000040"]
+    for line in ("checkpoint:", "metrics:", "loss curve:"):
+        assert line in result.stdout
+
+
+def test_resume_after_a_stop_continues_the_same_loss_curve(dataset, tmp_path):
+    common = [*TINY, f"data.dataset={dataset}", "train.max_steps=30", "checkpoint.interval=10"]
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    ok(pretrain("train", *common, f"run.dir={straight}", cwd=tmp_path))
+    ok(pretrain("train", *common, f"run.dir={split}", "train.stop_at_step=15", cwd=tmp_path))
+    assert len(losses(split)) == 15
+    folder, meta = find_resumable(split)
+    assert folder.name == "step_00000015" and meta["step"] == 15
+    resumed = ok(pretrain("train", *common, f"run.dir={split}", cwd=tmp_path))
+    assert "resumed from step 15" in resumed.stdout
+    # Same weights, optimizer, schedule, RNG and data position: the curve continues exactly.
+    assert losses(split) == losses(straight)
+    finished = ok(pretrain("train", *common, f"run.dir={split}", cwd=tmp_path))
+    assert "already reached step 30; nothing to do" in finished.stdout
+    assert losses(split) == losses(straight)
+
+
+def test_a_broken_latest_checkpoint_falls_back_to_the_previous_one(dataset, tmp_path):
+    run_dir = tmp_path / "run"
+    common = [*TINY, f"data.dataset={dataset}", f"run.dir={run_dir}", "train.max_steps=10",
+              "checkpoint.interval=5"]
+    ok(pretrain("train", *common, "train.stop_at_step=10", cwd=tmp_path))
+    newest = checkpoint_root(run_dir) / "step_00000010"
+    victim = max((p for p in newest.rglob("*.pt")), key=lambda p: p.stat().st_size)
+    victim.write_bytes(victim.read_bytes()[:100])  # a truncated write, as after a full disk
+    result = ok(pretrain("train", *common, cwd=tmp_path))
+    assert "skipping" in result.stdout and "step_00000010" in result.stdout
+    assert "resumed from step 5" in result.stdout
+
+
+def test_demo_runs_from_any_directory_with_the_bundled_corpus(tmp_path):
+    result = ok(pretrain("train", "train.max_steps=3", "logging.progress_bar=false",
+                         "checkpoint.interval=3", cwd=tmp_path))
+    run_dir = tmp_path / "runs" / "demo"
+    assert (run_dir / "data" / "manifest.json").is_file()
+    assert len(losses(run_dir)) >= 1
+    assert str(Path("runs") / "demo" / "loss.png") in result.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "model.n_head=4"], "unknown config key 'model.n_head'"),
+    (["train", "--config", "nowhere.yaml"], "config file not found"),
+    (["train", "data.corpus=/no/such/corpus"], "/no/such/corpus"),
+])
+def test_bad_input_is_one_clear_line(tmp_path, args, message):
+    result = pretrain(*args, "train.max_steps=1", cwd=tmp_path)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.distributed
+def test_two_ranks_under_torchrun_share_one_run(dataset, tmp_path):
+    run_dir = tmp_path / "run"
+    shared_memory = set(Path("/dev/shm").glob("deepspeed_allreduce_buffer_*"))
+    result = ok(pretrain("train", *TINY, f"data.dataset={dataset}", f"run.dir={run_dir}",
+                         "train.max_steps=10", "checkpoint.interval=10", cwd=tmp_path,
+                         processes=2))
+    # DeepSpeed's CPU all-reduce buffers (66 MB each, in RAM) do not outlive the run.
+    assert set(Path("/dev/shm").glob("deepspeed_allreduce_buffer_*")) <= shared_memory
+    assert "2 rank(s)" in result.stdout
+    rows = read_metrics(run_dir / "metrics.jsonl")
+    assert len(rows) == 10 and rows[-1]["tokens_seen"] == 10 * 8 * 64 * 2
+    folder, meta = find_resumable(run_dir)
+    assert meta["world_size"] == 2
+    assert {"rng_rank00000.pt", "rng_rank00001.pt"} <= set(meta["files"])
+    assert len(list(folder.glob("zero_pp_rank_*_optim_states.pt"))) == 2
+
+
+def test_both_engines_train_alike_with_our_triton_kernels(dataset, tmp_path):
+    # On CPU the kernels run through the Triton interpreter (slow): a few small steps.
+    common = [*TINY, f"data.dataset={dataset}", "train.max_steps=3", "train.micro_batch_size=2",
+              "eval.enabled=false"]
+    kernels = ["model.attention_impl=triton", "model.norm_impl=triton"]
+    runs = {
+        "pytorch": ["model.attention_impl=eager", "model.norm_impl=torch"],
+        "zero3": kernels,
+        "pipeline": [*kernels, "parallel.engine=pipeline", "parallel.pipeline_stages=1"],
+    }
+    curves = {}
+    for name, overrides in runs.items():
+        ok(pretrain("train", *common, *overrides, f"run.dir={tmp_path / name}", cwd=tmp_path))
+        curves[name] = losses(tmp_path / name)
+    assert len(curves["pytorch"]) == 3
+    for name in ("zero3", "pipeline"):
+        assert curves[name] == pytest.approx(curves["pytorch"], rel=1e-5), name
+
+
+def catches(pid: int, sig: signal.Signals) -> bool:
+    """Whether process `pid` has a handler installed for `sig` (its SigCgt mask)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    caught = int(next(line.split()[1] for line in status.splitlines()
+                      if line.startswith("SigCgt:")), 16)
+    return bool(caught >> (sig - 1) & 1)
+
+
+def test_a_warning_during_start_up_saves_at_the_first_step(dataset, tmp_path):
+    # Slurm's warning can come while a rank is still importing torch and DeepSpeed, before the
+    # loop's StopWatch exists: the rank must save and ask for a requeue, not die of SIGUSR1.
+    run_dir = tmp_path / "run"
+    process = subprocess.Popen(
+        command("train", *TINY, f"data.dataset={dataset}", f"run.dir={run_dir}",
+                "train.max_steps=20"),
+        cwd=tmp_path, env=environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True)
+    deadline = time.monotonic() + 30
+    while not catches(process.pid, signal.SIGUSR1):  # the first thing `pretrain train` does
+        assert time.monotonic() < deadline and process.poll() is None
+        time.sleep(0.01)
+    process.send_signal(signal.SIGUSR1)
+    stdout, stderr = process.communicate(timeout=600)
+    assert process.returncode == REQUEUE_EXIT_CODE, stdout[-2000:] + stderr[-2000:]
+    assert "SIGUSR1 received while starting" in stderr
+    folder, meta = find_resumable(run_dir)
+    assert meta["step"] == 1 and len(losses(run_dir)) == 1
