@@ -16,7 +16,7 @@ export DS_BUILD_OPS := 0
 # DeepSpeed compiles a small CPU communication op on first use (~40 s); keep it between runs.
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
 
-.PHONY: demo test lint lock clean slurm-up slurm-down gpu-check
+.PHONY: demo test test-fast lint lock clean slurm-up slurm-down gpu-check
 
 demo: $(STAMP)
 	$(BIN)/pretrain train
@@ -24,8 +24,14 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
+# The fast loop while working: everything but the tests that launch processes (a few minutes).
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not e2e"
+
+# ruff over everything; mypy over the package and the kernels (settings in pyproject.toml).
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 $(STAMP): pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -39,8 +45,7 @@ $(STAMP): pyproject.toml $(LOCK)
 # GPU_PYTHON: any Python with a CUDA torch, triton and pytest (default: the venv's).
 GPU_PYTHON ?= $(BIN)/python
 gpu-check:
-	$(GPU_PYTHON) -m pytest -m gpu tests/test_attention_kernel.py tests/test_rmsnorm_kernel.py \
-		tests/test_flash_attn_backend.py
+	$(GPU_PYTHON) -m pytest -m gpu tests/kernels
 	$(GPU_PYTHON) bench/kernels.py
 
 # The single-node Slurm cluster the `slurm` tests submit to (root; apt-get on first use).
