@@ -4,6 +4,9 @@
     to resume (resharded if the data-parallel size changed) -> engine -> loader
     -> steps: train, guard (roll back bad steps), log, save, stop on a signal -> plot
 
+Callbacks (pretrain/train/callbacks.py) are called before and after each step and while a
+checkpoint is being saved; the only one today injects the crash-safety tests' faults.
+
 Exit paths: finished (`TrainResult.requeue` False), or stopped on a signal / the Slurm end time
 after saving (`requeue` True: the CLI exits with REQUEUE_EXIT_CODE and the sbatch script
 requeues the job).
