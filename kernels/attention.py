@@ -65,9 +65,9 @@ import triton.language as tl
 from torch import Tensor
 
 from kernels import reference
+from kernels.backends import TRITON_HEAD_DIMS as HEAD_DIMS
 from kernels.runtime import autotune_configs, check_device, new_output
 
-HEAD_DIMS = (16, 32, 64, 128, 256)
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 # Rows per program of the delta = rowsum(dO * O) preprocess kernel (memory bound, not tuned).
 DELTA_BLOCK = 64

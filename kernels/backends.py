@@ -49,6 +49,10 @@ def _import(module: str, setting: str) -> ModuleType:
             "implementation") from error
 
 
+# Our Triton kernel's block shapes cover these head dimensions (kernels/attention.py).
+TRITON_HEAD_DIMS = (16, 32, 64, 128, 256)
+
+
 @dataclass(frozen=True)
 class AttentionBackend:
     name: str
@@ -56,6 +60,10 @@ class AttentionBackend:
     function: str
     saved_ops: tuple[str, ...]
     memory: str  # "flash" | "sdpa-masked" | "eager"
+    head_dims: tuple[int, ...] | None = None
+
+    def runs(self, head_dim: int) -> bool:
+        return self.head_dims is None or head_dim in self.head_dims
 
     def load(self) -> Callable[..., Any]:
         return getattr(_import(self.module, f"model.attention_impl={self.name}"), self.function)
@@ -76,7 +84,7 @@ ATTENTION_BACKENDS: dict[str, AttentionBackend] = {backend.name: backend for bac
     ), "sdpa-masked"),
     # Our FlashAttention-2 kernel in Triton (kernels/attention.py), a torch custom op.
     AttentionBackend("triton", "kernels.attention", "flash_attention",
-                     ("siyada::flash_attention_forward",), "flash"),
+                     ("siyada::flash_attention_forward",), "flash", TRITON_HEAD_DIMS),
     # The flash-attn package over cu_seqlens (kernels/flash_attn_backend.py).
     AttentionBackend("flash_attn", "kernels.flash_attn_backend", "attention",
                      ("flash_attn::_flash_attn_forward", "flash_attn::_flash_attn_varlen_forward"),
@@ -109,17 +117,42 @@ def triton_installed() -> bool:
     return importlib.util.find_spec("triton") is not None
 
 
-def resolve(setting: str, on_cuda: bool, auto: tuple[str, str]) -> str:
-    """The backend name a setting means for tensors on this device ("auto" resolved)."""
+def resolve(setting: str, on_cuda: bool, auto: tuple[str, str],
+            head_dim: int | None = None) -> str:
+    """The backend name a setting means for tensors on this device ("auto" resolved).
+
+    head_dim (attention): "auto" takes the fallback for a head dimension the kernel cannot
+    run, and says so once.
+    """
     if setting != AUTO:
         return setting
     kernel, fallback = auto
-    return kernel if on_cuda and triton_installed() else fallback
+    if not (on_cuda and triton_installed()):
+        return fallback
+    backend = ATTENTION_BACKENDS.get(kernel)
+    if head_dim is not None and backend is not None and not backend.runs(head_dim):
+        _say_once(f"[model] attention_impl=auto: our {kernel} kernel runs head dims "
+                  f"{', '.join(map(str, backend.head_dims or ()))}, not {head_dim}; using "
+                  f"{fallback}")
+        return fallback
+    return kernel
 
 
-def planned_attention(setting: str) -> AttentionBackend:
+_said: set[str] = set()
+
+
+def _say_once(message: str) -> None:
+    if message not in _said:
+        _said.add(message)
+        print(message, flush=True)
+
+
+def planned_attention(setting: str, head_dim: int | None = None) -> AttentionBackend:
     """The attention backend `pretrain plan` counts for a setting: auto as on a GPU."""
-    return ATTENTION_BACKENDS[AUTO_ATTENTION[0] if setting == AUTO else setting]
+    if setting != AUTO:
+        return ATTENTION_BACKENDS[setting]
+    kernel, fallback = (ATTENTION_BACKENDS[name] for name in AUTO_ATTENTION)
+    return kernel if head_dim is None or kernel.runs(head_dim) else fallback
 
 
 def planned_norm(setting: str) -> NormBackend:

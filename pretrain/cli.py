@@ -80,4 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as error:
         print(f"pretrain {name}: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C (twice, in `pretrain train`: the first one saves)
+        print(f"pretrain {name}: interrupted", file=sys.stderr)
+        return 130
     return status or 0

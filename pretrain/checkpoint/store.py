@@ -191,26 +191,98 @@ def save(engine: Any, run_dir: Path, step: int, client_state: dict[str, Any],
     root = checkpoint_root(run_dir)
     tag = step_tag(step)
     folder = root / tag
+    previous = committed(run_dir)
     if topology.is_main and folder.exists():
         shutil.rmtree(folder)  # what an interrupted save of this same step left behind
     dist.barrier()
-    engine.save_checkpoint(str(root), tag=tag, client_state=client_state, save_latest=False)
-    rng_file = _rng_file(folder, topology.rank)
-    torch.save(_capture_rng(), rng_file.with_suffix(".tmp"))
-    rng_file.with_suffix(".tmp").replace(rng_file)
-    dist.barrier()
+    failure = None
+    try:
+        engine.save_checkpoint(str(root), tag=tag, client_state=client_state, save_latest=False)
+        rng_file = _rng_file(folder, topology.rank)
+        torch.save(_capture_rng(), rng_file.with_suffix(".tmp"))
+        rng_file.with_suffix(".tmp").replace(rng_file)
+    except Exception as error:  # a full disk fails deep in torch.save, with C++ words
+        failure = _one_line(error)
+    _agree(failure, topology, folder, previous)
     if while_saving is not None:
         while_saving(step)
     files = _record_files(folder, topology, checksums)
+    failure = None
     if topology.is_main:
         meta = {"format_version": FORMAT_VERSION, "step": step,
                 "world_size": topology.world_size, "client_state": client_state,
                 "identity": identity, "files": files,
                 "versions": {"torch": torch.__version__, "deepspeed": _deepspeed_version()}}
-        atomic_write_json(folder / META, meta)
-        atomic_write_text(root / LATEST, tag + "\n")
-    dist.barrier()
+        try:
+            atomic_write_json(folder / META, meta)
+            atomic_write_text(root / LATEST, tag + "\n")
+        except OSError as error:
+            failure = _one_line(error)
+    _agree(failure, topology, folder, previous)
     return folder
+
+
+def _one_line(error: BaseException) -> str:
+    return f"{type(error).__name__}: {(str(error).splitlines() or [''])[0][:200]}"
+
+
+def _agree(failure: str | None, topology: Topology, folder: Path,
+           previous: list[Path]) -> None:
+    """Every rank learns whether a save failed anywhere; then all raise the same error, with
+    the half-written folder removed (the checkpoint before it is untouched)."""
+    failures: list[str | None] = [None] * topology.world_size
+    dist.all_gather_object(failures, failure)
+    reasons = [reason for reason in failures if reason is not None]
+    if not reasons:
+        return
+    if topology.is_main:
+        shutil.rmtree(folder, ignore_errors=True)
+    dist.barrier()
+    kept = f"{previous[-1].name} is intact" if previous else "there is no earlier checkpoint"
+    needed = checkpoint_bytes(previous[-1]) if previous else None
+    free = shutil.disk_usage(folder.parent).free
+    if "No space left" in reasons[0] or (needed is not None and free < needed) \
+            or "iostream error" in reasons[0] or "unexpected pos" in reasons[0]:
+        size = f" (a checkpoint of this run takes {_size(needed)})" if needed else ""
+        raise CheckpointError(
+            f"{folder}: saving it failed: the filesystem at {mount_point(folder.parent)} is full"
+            f", {_size(free)} free{size}. The partial folder was removed and {kept}; free "
+            "space there (or lower checkpoint.keep_last), then restart the run")
+    raise CheckpointError(f"{folder}: saving it failed ({reasons[0]}); the partial folder was "
+                          f"removed and {kept}")
+
+
+def checkpoint_bytes(folder: Path) -> int:
+    """The bytes of a committed checkpoint, as its meta.json records them."""
+    return sum(record["size"] for record in _read_meta(folder)["files"].values())
+
+
+def mount_point(path: Path) -> Path:
+    path = Path(path).resolve()
+    while not path.is_mount():
+        path = path.parent
+    return path
+
+
+def _size(count: float) -> str:
+    return f"{count / 2**20:,.1f} MiB" if count < 2**30 else f"{count / 2**30:,.1f} GiB"
+
+
+def check_free_space(run_dir: Path, estimate: int) -> None:
+    """InputError unless the run's checkpoint filesystem has room for one more checkpoint:
+    the size of the newest one, or `estimate` before the first. (Old ones go only after a new
+    one is committed, so one checkpoint's worth must always be free.)"""
+    previous = committed(run_dir)
+    needed = checkpoint_bytes(previous[-1]) if previous else estimate
+    where = checkpoint_root(run_dir)
+    while not where.exists():
+        where = where.parent
+    free = shutil.disk_usage(where).free
+    if free < needed:
+        raise CheckpointError(
+            f"{checkpoint_root(run_dir)}: the filesystem at {mount_point(where)} has "
+            f"{_size(free)} free, and a checkpoint of this run takes about {_size(needed)}; "
+            "free space there or give the run another run.dir")
 
 
 def _deepspeed_version() -> str:
@@ -221,41 +293,103 @@ def _deepspeed_version() -> str:
 
 # --- verifying and loading -------------------------------------------------------------------
 
-def verify(folder: Path, checksums: bool = False) -> dict[str, Any]:
-    """Return the meta of a complete checkpoint, or raise CheckpointError saying what is wrong."""
+def _read_meta(folder: Path) -> dict[str, Any]:
     meta_path = folder / META
     if not meta_path.is_file():
         raise CheckpointError(f"{folder}: no {META}, so the save never finished")
     try:
         meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as error:
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise CheckpointError(f"{meta_path}: unreadable ({error})") from None
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"{folder}: written in checkpoint format "
-                              f"{meta.get('format_version', 1)}, this version reads "
-                              f"{FORMAT_VERSION}; start a new run directory")
-    for name, record in meta["files"].items():
-        path = folder / name
-        if not path.is_file():
-            raise CheckpointError(f"{folder}: file {name} is missing")
-        if path.stat().st_size != record["size"]:
-            raise CheckpointError(f"{folder}: file {name} has {path.stat().st_size} bytes, "
-                                  f"expected {record['size']}")
-        if checksums and "sha256" in record and sha256_file(path) != record["sha256"]:
-            raise CheckpointError(f"{folder}: file {name} does not match its sha256")
+    if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
+        version = meta.get("format_version", 1) if isinstance(meta, dict) else "?"
+        raise CheckpointError(f"{folder}: written in checkpoint format {version}, this version "
+                              f"reads {FORMAT_VERSION}; start a new run directory")
     return meta
 
 
-def find_resumable(run_dir: Path, checksums: bool = False,
-                   report: bool = True) -> tuple[Path, dict[str, Any]] | None:
-    """The newest checkpoint that verifies; broken ones are reported and skipped."""
+def verify(folder: Path, checksums: bool = False,
+           topology: Topology | None = None) -> dict[str, Any]:
+    """Return the meta of a complete checkpoint, or raise CheckpointError saying what is wrong.
+
+    Sizes are always checked; with `checksums`, every file's sha256 too. Given a topology
+    (every rank calling, a process group up), the hashing is split over the ranks and they all
+    reach the same verdict; without one, this process hashes everything.
+    """
+    meta = _read_meta(folder)
+    names = sorted(meta["files"])
+    problems = []
+    for name in names:
+        path = folder / name
+        if not path.is_file():
+            problems.append(f"file {name} is missing")
+        elif path.stat().st_size != meta["files"][name]["size"]:
+            problems.append(f"file {name} has {path.stat().st_size} bytes, expected "
+                            f"{meta['files'][name]['size']}")
+    shared = topology is not None and dist.is_initialized()
+    if checksums and not problems:
+        mine = names[topology.rank::topology.world_size] if shared and topology else names
+        problems += [f"file {name} does not match its sha256" for name in mine
+                     if "sha256" in meta["files"][name]
+                     and sha256_file(folder / name) != meta["files"][name]["sha256"]]
+    if shared and topology is not None:
+        verdicts: list[list[str]] = [[] for _ in range(topology.world_size)]
+        dist.all_gather_object(verdicts, problems)
+        problems = sorted({problem for verdict in verdicts for problem in verdict})
+    if problems:
+        more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
+        raise CheckpointError(f"{folder}: {problems[0]}{more}")
+    return meta
+
+
+def committed(run_dir: Path) -> list[Path]:
+    """The step folders whose save finished (meta.json written), oldest first."""
+    return [folder for folder in _step_folders(checkpoint_root(run_dir))
+            if (folder / META).is_file()]
+
+
+def find_resumable(run_dir: Path, checksums: bool = False, report: bool = True,
+                   topology: Topology | None = None,
+                   broken: list[tuple[Path, str]] | None = None
+                   ) -> tuple[Path, dict[str, Any]] | None:
+    """The newest checkpoint that verifies; broken ones are reported and skipped.
+
+    None when the run has no committed checkpoint (an interrupted first save does not count).
+    When it has some and none verifies, the run must not quietly start over: CheckpointError
+    names them. topology: verify collectively (see `verify`). broken: receives (folder, why)
+    of every committed checkpoint skipped, newest first.
+    """
+    skipped: list[tuple[Path, str]] = []
     for folder in reversed(_step_folders(checkpoint_root(run_dir))):
         try:
-            return folder, verify(folder, checksums)
+            found = folder, verify(folder, checksums, topology)
         except CheckpointError as error:
             if report:
                 print(f"[checkpoint] skipping {error}", flush=True)
+            if (folder / META).is_file():
+                skipped.append((folder, str(error).removeprefix(f"{folder}: ")))
+            continue
+        if broken is not None:
+            broken.extend(skipped)
+        return found
+    if skipped:
+        listed = "; ".join(f"{folder.name} ({why})" for folder, why in skipped)
+        raise CheckpointError(
+            f"{checkpoint_root(run_dir)}: no checkpoint can be trusted: {listed}. "
+            "Restore them from a copy (checkpoint.mirror_dir), move them away, or set "
+            "checkpoint.resume=false to start this run over from step 0")
     return None
+
+
+def quarantine(folder: Path, reason: str) -> Path:
+    """Move a committed checkpoint that failed verification out of the way (main rank only):
+    `step_N.broken`, with the reason in BROKEN.txt. It is neither resumed from nor counted by
+    retention again; nothing is deleted, so a person can inspect or restore it."""
+    target = folder.with_name(f"{folder.name}.broken")
+    shutil.rmtree(target, ignore_errors=True)
+    folder.rename(target)
+    atomic_write_text(target / "BROKEN.txt", reason + "\n")
+    return target
 
 
 def load(engine: Any, folder: Path, topology: Topology,
@@ -266,15 +400,28 @@ def load(engine: Any, folder: Path, topology: Topology,
     the engine must then have been built with load_universal.
     """
     source = universal_dir or folder
-    path, client_state = engine.load_checkpoint(str(source.parent), tag=source.name)
-    if path is None:
-        raise CheckpointError(f"{source}: DeepSpeed could not load it")
-    # Each rank's RNG streams continue where they were; a rank that did not exist before
-    # (more ranks than at save time) keeps its fresh seeding. The model draws no random
-    # numbers while training, so this only matters for future dropout-like features.
-    rng_file = _rng_file(folder, topology.rank)
-    if rng_file.is_file():
-        _restore_rng(torch.load(rng_file, weights_only=False))
+    failure, client_state = None, {}
+    try:
+        path, client_state = engine.load_checkpoint(str(source.parent), tag=source.name)
+        if path is None:
+            failure = "DeepSpeed found nothing to load"
+        # Each rank's RNG streams continue where they were; a rank that did not exist before
+        # (more ranks than at save time) keeps its fresh seeding. The model draws no random
+        # numbers while training, so this only matters for future dropout-like features.
+        rng_file = _rng_file(folder, topology.rank)
+        if failure is None and rng_file.is_file():
+            _restore_rng(torch.load(rng_file, weights_only=False))
+    except Exception as error:  # a damaged file fails in zip, pickle or torch code, any type
+        failure = f"{type(error).__name__}: {(str(error).splitlines() or [''])[0][:200]}"
+    # Every rank learns whether any failed: one that went on alone would wait for ever.
+    failures: list[str | None] = [None] * topology.world_size
+    if dist.is_initialized():
+        dist.all_gather_object(failures, failure)
+    else:
+        failures = [failure]
+    reasons = [reason for reason in failures if reason is not None]
+    if reasons:
+        raise CheckpointError(f"{source}: cannot be loaded ({reasons[0]})")
     return client_state
 
 

@@ -44,7 +44,18 @@ SUFFIXES = (".jsonl", ".jsonl.gz", ".json.gz", ".parquet", ".txt")
 TEXT_FIELD = "text"
 PIECE_BYTES = 1 << 20  # text per piece: large enough to amortize sending it to a worker
 PARQUET_BATCH_ROWS = 4096
-_LANG_PATTERN = re.compile(r"[A-Za-z0-9_-]+")
+# Language tags: ISO 639-3 code(s), then the ISO 15924 script: ary_Arab, tzm_Latn; code-switched
+# text may name several languages (ary-fra_Latn). They name dataset folders and mixture keys.
+_LANG_PATTERN = re.compile(r"[a-z]{3}(?:-[a-z]{3})*_[A-Z][a-z]{3}")
+# The languages this stack is made for, and their neighbours; another well-formed tag is
+# accepted with a warning (a typo would otherwise become a language of its own).
+KNOWN_LANGUAGES = frozenset({
+    "arb_Arab", "ary_Arab", "ary_Latn", "fra_Latn", "eng_Latn", "spa_Latn", "zgh_Tfng",
+    "tzm_Tfng", "tzm_Latn", "shi_Tfng", "shi_Latn", "rif_Tfng", "rif_Latn", "kab_Latn",
+    "arq_Arab", "arq_Latn", "aeb_Arab", "aeb_Latn", "arz_Arab", "apc_Arab", "acm_Arab",
+    "afb_Arab", "ayl_Arab", "ars_Arab", "ara_Arab",
+})
+_warned_languages: set[str] = set()
 _SOURCE_PATTERN = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*")
 _SURROGATE = re.compile("[\ud800-\udfff]")  # from JSON escapes; cannot be encoded as UTF-8
 SKIP_HINT = "fix the input, or set data.on_bad_document=skip to count and skip such input"
@@ -286,12 +297,25 @@ def _check_tags(lang: Any, source: Any, language_field: str) -> Problem | None:
                        "pattern matches the file",
                        f"add '{language_field}' to the records or a data.languages pattern")
     if not isinstance(lang, str) or not _LANG_PATTERN.fullmatch(lang):
-        return Problem("bad language tag", f"{lang!r}: use letters, digits, '_' or '-', e.g. "
-                       "ary_Arab")
+        fixed = _tag_case(lang) if isinstance(lang, str) else None
+        return Problem("bad language tag", f"{lang!r}: write an ISO 639-3 code and an ISO 15924 "
+                       "script, e.g. ary_Arab, ary_Latn, zgh_Tfng"
+                       + (f" (did you mean {fixed}?)" if fixed else ""))
+    if lang not in KNOWN_LANGUAGES and lang not in _warned_languages:
+        _warned_languages.add(lang)
+        log.warning("language %s is not one of the known tags (%s...): a new language, or a typo?",
+                    lang, ", ".join(sorted(KNOWN_LANGUAGES)[:6]))
     if not isinstance(source, str) or not _SOURCE_PATTERN.fullmatch(source):
         return Problem("bad source name", f"{source!r}: use letters, digits, '_', '-' or '.' "
                        "(not first)")
     return None
+
+
+def _tag_case(lang: str) -> str | None:
+    """The well-formed tag a miscased one means (FRA_latn -> fra_Latn), if any."""
+    languages, _, script = lang.rpartition("_")
+    fixed = f"{languages.lower()}_{script.title()}"
+    return fixed if _LANG_PATTERN.fullmatch(fixed) else None
 
 
 Records = Iterator[tuple[int | None, Any]]  # (line or row, record dict or Problem)
@@ -311,6 +335,8 @@ def _lines(piece: Piece) -> Records:
                                   "re-encode the file as UTF-8, or set "
                                   "data.on_bad_document=skip to skip such lines")
             continue
+        if start == 0 and line.startswith("\ufeff"):  # a UTF-8 byte-order mark opens the file
+            line = line[1:]
         if not line or line.isspace():
             continue
         if txt:

@@ -11,12 +11,14 @@ export read it through this module only.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 from pretrain.data import DataError
-from pretrain.fileio import sha256_file
+from pretrain.fileio import atomic_write_json, sha256_file
 
 FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
@@ -61,6 +63,69 @@ def verify_dataset(out_dir: Path, checksums: bool = False) -> None:
         else:
             continue
         raise DataError(f"{path}: dataset file {problem} (corrupt or incomplete copy); "
+                        f"{PREPARE_HINT}")
+
+
+# Files whose sha256 was checked against the manifest, by (size, mtime): a file changed since
+# is checked again. In the dataset folder when it is writable, else in the user's cache.
+VERIFIED = ".verified.json"
+
+
+def _verified_record(out_dir: Path) -> Path:
+    out_dir = Path(out_dir).resolve()
+    if os.access(out_dir, os.W_OK):
+        return out_dir / VERIFIED
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "siyada"
+    return cache / f"verified-{hashlib.sha256(str(out_dir).encode()).hexdigest()[:16]}.json"
+
+
+def _stamp(path: Path) -> list[int]:
+    stat = path.stat()
+    return [stat.st_size, stat.st_mtime_ns]
+
+
+def unverified_files(out_dir: Path, manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    """The manifest's file entries not yet hashed as they are now (see `record_verified`)."""
+    try:
+        record = json.loads(_verified_record(out_dir).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        record = {}
+    return [entry for entry in manifest["files"]
+            if record.get(entry["path"]) != [entry["sha256"], *_stamp(Path(out_dir)
+                                                                     / entry["path"])]]
+
+
+def checksum_problems(out_dir: Path, entries: list[dict[str, Any]]) -> list[str]:
+    """One line per entry whose file does not hash to the sha256 the manifest records."""
+    return [f"{Path(out_dir) / entry['path']}: dataset file does not match its sha256 in the "
+            f"manifest (corrupt copy); {PREPARE_HINT}"
+            for entry in entries if sha256_file(Path(out_dir) / entry["path"]) != entry["sha256"]]
+
+
+def record_verified(out_dir: Path, entries: list[dict[str, Any]]) -> None:
+    """Remember that these files hashed right; best effort (a read-only cache is no error)."""
+    path = _verified_record(out_dir)
+    try:
+        record = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except (OSError, ValueError):
+        record = {}
+    record.update({entry["path"]: [entry["sha256"], *_stamp(Path(out_dir) / entry["path"])]
+                   for entry in entries})
+    try:
+        atomic_write_json(path, record)
+    except OSError:
+        pass
+
+
+def check_tokenizer_record(out_dir: Path, manifest: dict[str, Any]) -> None:
+    """DataError unless the dataset's tokenizer.json is the one its manifest names (a hand-edited
+    tokenizer hash would otherwise pass every other check)."""
+    path = Path(out_dir) / TOKENIZER
+    found = sha256_file(path)
+    if found != manifest["tokenizer"]["sha256"]:
+        raise DataError(f"{Path(out_dir) / MANIFEST}: records tokenizer sha256 "
+                        f"{manifest['tokenizer']['sha256'][:12]}... but {path} has "
+                        f"{found[:12]}...; the manifest was edited or the tokenizer replaced: "
                         f"{PREPARE_HINT}")
 
 

@@ -20,9 +20,10 @@ loader, at the same time and in the same order as its peers (construction has ba
 
 Shared memory and locks. Each dataset registers a numbered prefix for its shared-memory
 blocks (/dev/shm/000000_*, global to the machine) and two lock files (in
-`tempfile.gettempdir()`, i.e. $TMPDIR). A free prefix is found by probing both places, so
-datasets in one process, or jobs on one machine, do not collide; `_prefix_registration_lock`
-closes the window between probing and creating. The blocks are unlinked at process exit;
+`tempfile.gettempdir()`, i.e. $TMPDIR). The node leader finds a free prefix by probing both
+places and every rank of the node takes the leader's (pretrain/data/shm_prefix.py), so
+datasets in one process, or jobs started together on one machine, never share one. The
+blocks are unlinked at process exit;
 streaming never deletes its (empty) lock files, and prefixes whose lock files or blocks remain
 (a killed run) are skipped, so numbers only grow; a per-job TMPDIR keeps that tidy. Tests give
 each test a private TMPDIR (tests/conftest.py). With remote shards (`cache_dir`), streaming
@@ -31,13 +32,9 @@ refuses to let two live datasets share one local folder.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import math
-import os
-import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +45,7 @@ from pretrain.config import MixtureConfig
 from pretrain.data import DataError
 from pretrain.data.dataset import PREPARE_HINT, load_manifest
 from pretrain.data.mixture import StreamShare, plan_mixture
+from pretrain.data.shm_prefix import agreeing_ranks
 from pretrain.data.streaming_import import import_streaming
 from pretrain.data.tokenizer import PAD_ID
 
@@ -68,11 +66,32 @@ def make_labels(tokens: torch.Tensor, doc_ids: torch.Tensor, pad_id: int) -> tor
     return labels
 
 
+def check_doc_ids(doc_ids: torch.Tensor) -> None:
+    """DataError unless each document of every row is one contiguous run of its id.
+
+    Attention is masked per document and positions restart at each run: an id that comes back
+    later in a row (e.g. padding inside a document) has no consistent reading, and the
+    attention paths would not agree on it. `pretrain prepare` never writes one.
+    """
+    runs = (doc_ids[:, 1:] != doc_ids[:, :-1]).sum(dim=1) + 1
+    ordered = doc_ids.sort(dim=1).values
+    distinct = (ordered[:, 1:] != ordered[:, :-1]).sum(dim=1) + 1
+    bad = torch.nonzero(runs != distinct).flatten()
+    if len(bad):
+        row = doc_ids[bad[0]].tolist()
+        again = next(value for index, value in enumerate(row)
+                     if index and value != row[index - 1] and value in row[:index])
+        raise DataError(f"a sample's document ids are not contiguous runs (id {again} comes "
+                        f"back later in its row: {row[:16]}...); write shards with `pretrain "
+                        "prepare`, which packs each document as one run")
+
+
 def collate(samples: list[dict[str, np.ndarray]]) -> dict[str, torch.Tensor]:
     """Stack shard samples into the training batch."""
     tokens = torch.from_numpy(np.stack([sample["tokens"] for sample in samples]).astype(np.int64))
     doc_ids = torch.from_numpy(np.stack([sample["doc_ids"] for sample in samples])
                                .astype(np.int64))
+    check_doc_ids(doc_ids)
     return {"input_ids": tokens, "doc_ids": doc_ids,
             "labels": make_labels(tokens, doc_ids, PAD_ID)}
 
@@ -134,7 +153,7 @@ def build_train_loader(dataset_dir: Path, micro_batch_size: int, seed: int, shuf
                          remote=str(split_dir), validate_hash="sha256")
         streams.append(streaming.Stream(**where, proportion=share.share))
     try:
-        with _prefix_registration_lock():
+        with agreeing_ranks():
             dataset = DataParallelDataset(streams=streams, plan=plan, shuffle=shuffle,
                                           shuffle_seed=seed,
                                           batch_size=micro_batch_size, dp_rank=dp_rank,
@@ -147,29 +166,6 @@ def build_train_loader(dataset_dir: Path, micro_batch_size: int, seed: int, shuf
                         "give this job another cache_dir") from None
     return DataParallelLoader(dataset, batch_size=micro_batch_size, collate_fn=collate,
                               num_workers=num_workers, drop_last=True)
-
-
-@contextmanager
-def _prefix_registration_lock() -> Iterator[None]:
-    """Serialize shared-memory prefix registration between the jobs on this machine.
-
-    Streaming's node leader probes /dev/shm for the first free prefix, then creates it; two jobs
-    starting at the same moment (a ladder of small runs on one node) can pick the same one and
-    one fails with FileExistsError. Only node leaders register, so only they take this lock (the
-    other ranks meet them at barriers inside the constructor). flock is released by the kernel
-    when a process dies, so a killed run cannot leave it held.
-    """
-    if not streaming.base.world.World.detect().is_local_leader:
-        yield
-        return
-    folder = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
-    handle = os.open(os.path.join(folder, "siyada-streaming-prefix.lock"),
-                     os.O_RDONLY | os.O_CREAT, 0o644)  # read-only: other users can lock it too
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(handle)  # releases the lock
 
 
 def read_samples(split_dir: Path) -> Iterator[dict[str, np.ndarray]]:

@@ -31,6 +31,7 @@ import mmap
 import multiprocessing
 import os
 import shutil
+import signal
 from array import array
 from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Iterable, Iterator
@@ -74,7 +75,7 @@ from pretrain.data.tokenizer import (
     encode_documents,
     load_tokenizer,
     save_tokenizer,
-    train_tokenizer,
+    train_for_config,
 )
 from pretrain.fileio import atomic_write_json, building_folder, leftover_folders, sha256_file
 
@@ -168,6 +169,9 @@ class _Workers:
 
 def _init_worker() -> None:
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one process per core, not a thread pool each
+    # Ctrl-C reaches the whole process group: the main process stops the pool; the workers
+    # must not each print a KeyboardInterrupt traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 # --- pass 1: scan ----------------------------------------------------------------------------
@@ -335,11 +339,7 @@ def _make_tokenizer(config: Config, sample: list[Document], path: Path) -> Token
                             "tokenizer")
         shutil.copyfile(config.tokenizer.path, path)
     else:
-        tokenizer = train_tokenizer(sample, config.model.vocab_size,
-                                    pretokenizer=config.tokenizer.pretokenizer,
-                                    language_temperature=config.tokenizer.language_temperature,
-                                    sample_bytes=config.tokenizer.sample_bytes or None,
-                                    seed=config.train.seed)
+        tokenizer = train_for_config(config, sample)
         save_tokenizer(tokenizer, path)
     return tokenizer
 

@@ -102,16 +102,41 @@ def language_shares(bytes_per_language: dict[str, int], temperature: float) -> d
     return {lang: weight / total for lang, weight in sorted(weights.items())}
 
 
+def language_quotas(sizes: dict[str, int], shares: dict[str, float], budget: int,
+                    max_repeats: float) -> dict[str, int]:
+    """Bytes of each language in a sample of `budget` bytes: its share, but never more than
+    `max_repeats` times its text (0: no cap); what a capped language cannot use goes to the
+    others in proportion to their shares, until all fit (UniMax, Chung et al. 2023)."""
+    quotas: dict[str, float] = {}
+    open_ = dict(shares)
+    left = float(budget)
+    while open_:
+        weight = sum(open_.values())
+        capped = {lang for lang, share in open_.items() if max_repeats
+                  and left * share / weight > max_repeats * sizes[lang]}
+        if not capped:
+            quotas.update({lang: left * share / weight for lang, share in open_.items()})
+            break
+        for lang in capped:
+            quotas[lang] = max_repeats * sizes[lang]
+            left -= quotas[lang]
+            del open_[lang]
+    return {lang: round(quota) for lang, quota in sorted(quotas.items())}
+
+
 def sample_for_tokenizer(documents: Iterable[Document], language_temperature: float = 3.0,
-                         sample_bytes: int | None = None, seed: int = 0) -> list[Document]:
+                         sample_bytes: int | None = None, seed: int = 0,
+                         max_repeats: float = 0.0) -> list[Document]:
     """A language-balanced sample of `documents` to train the tokenizer on.
 
     The sample holds min(sample_bytes, corpus bytes) bytes in all (everything when
-    `sample_bytes` is None or 0), split across languages by `language_shares`. Each language's
-    documents are drawn in a seeded shuffled order until its quota is met. A language whose
-    quota exceeds its data is repeated: BPE only counts how often each word occurs, so
-    repeating a language is the same as giving its words more weight, which is what
-    up-sampling means here.
+    `sample_bytes` is None or 0), split across languages by `language_shares`, each language
+    repeated at most `max_repeats` times (`language_quotas`). Each language's documents are
+    drawn in a seeded shuffled order until its quota is met. A language whose quota exceeds its
+    data is repeated: BPE only counts how often each word occurs, so repeating a language is
+    the same as giving its words more weight, which is what up-sampling means here. The cap
+    keeps a language of a few kilobytes from taking, at a high temperature, the merges of a
+    large one while giving itself only repetitions of the same words.
     """
     by_language: dict[str, list[tuple[Document, int]]] = defaultdict(list)
     for document in documents:
@@ -123,11 +148,13 @@ def sample_for_tokenizer(documents: Iterable[Document], language_temperature: fl
     total = sum(sizes.values())
     budget = min(sample_bytes, total) if sample_bytes else total
     sample = []
-    for lang, share in language_shares(sizes, language_temperature).items():
+    quotas = language_quotas(sizes, language_shares(sizes, language_temperature), budget,
+                             max_repeats)
+    for lang, quota in quotas.items():
         docs = by_language[lang]
         order = list(range(len(docs)))
         random.Random(f"{seed}/{lang}").shuffle(order)  # str seeds hash stably across runs
-        quota, taken, position = round(share * budget), 0, 0
+        taken, position = 0, 0
         while taken < quota:
             document, size = docs[order[position % len(order)]]
             sample.append(document)
@@ -138,7 +165,8 @@ def sample_for_tokenizer(documents: Iterable[Document], language_temperature: fl
 
 def train_tokenizer(documents: Iterable[Document | str], vocab_size: int,
                     pretokenizer: str = "siyada", language_temperature: float = 3.0,
-                    sample_bytes: int | None = None, seed: int = 0) -> Tokenizer:
+                    sample_bytes: int | None = None, seed: int = 0,
+                    max_repeats: float = 0.0) -> Tokenizer:
     """Learn a byte-level BPE vocabulary of at most `vocab_size` tokens.
 
     Trained on `sample_for_tokenizer(documents, ...)`; plain strings count as one language
@@ -151,7 +179,8 @@ def train_tokenizer(documents: Iterable[Document | str], vocab_size: int,
                         "bytes)")
     labelled = [item if isinstance(item, Document) else Document(item, UNLABELLED, "")
                 for item in documents]
-    sample = sample_for_tokenizer(labelled, language_temperature, sample_bytes, seed)
+    sample = sample_for_tokenizer(labelled, language_temperature, sample_bytes, seed,
+                                  max_repeats)
     tokenizer = Tokenizer(models.BPE())  # no unk_token: every byte is in the alphabet
     tokenizer.pre_tokenizer = make_pre_tokenizer(pretokenizer)
     tokenizer.decoder = decoders.ByteLevel()
@@ -176,7 +205,7 @@ def train_for_config(config: Config, documents: Sequence[Document],
     settings = config.tokenizer
     return train_tokenizer(documents, config.model.vocab_size,
                            pretokenizer or settings.pretokenizer, settings.language_temperature,
-                           settings.sample_bytes, config.train.seed)
+                           settings.sample_bytes, config.train.seed, settings.max_repeats)
 
 
 def save_tokenizer(tokenizer: Tokenizer, path: str | Path) -> None:

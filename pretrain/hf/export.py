@@ -60,6 +60,13 @@ def _tokenizer_files(folder: Path, tokenizer: Path, cfg: ModelConfig) -> None:
         "tokenizer_class": "PreTrainedTokenizerFast",
         "bos_token": BOS, "eos_token": EOS, "pad_token": PAD,
         "add_bos_token": True, "add_eos_token": False,
+        # What the model takes: without this, the fast tokenizer also returns token_type_ids,
+        # which LlamaForCausalLM.generate(**tokenizer(text)) refuses.
+        "model_input_names": ["input_ids", "attention_mask"],
+        # A special token's text inside a document ("<|eos|>" on a web page) is text, as in
+        # training (pretrain/data/tokenizer.py). A fine-tuning template that writes special
+        # tokens as text loads the tokenizer with split_special_tokens=False.
+        "split_special_tokens": True,
         "model_max_length": cfg.max_seq_len,
         "clean_up_tokenization_spaces": False,
         # A base model: no chat format yet. Fine-tuning sets one, using the reserved

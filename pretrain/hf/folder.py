@@ -111,7 +111,10 @@ def model_config_from_hf(hf: dict[str, Any], source: Path) -> ModelConfig:
                   "num_attention_heads"):
         if not isinstance(hf.get(field), int):
             raise refuse(field, "missing or not an integer")
-    if hf.get("rope_scaling") not in (None, {}):
+    scaling = hf.get("rope_scaling") or {}
+    kind = scaling.get("rope_type", scaling.get("type", "default")) if isinstance(
+        scaling, dict) else None
+    if kind != "default":  # {"rope_type": "default"} is how transformers writes plain RoPE
         raise refuse("rope_scaling", "only plain RoPE is implemented (no scaling)")
     for field in ("attention_bias", "mlp_bias"):
         if hf.get(field):

@@ -142,7 +142,7 @@ def attend(impl: str, q: Tensor, k: Tensor, v: Tensor, doc_ids: Tensor | None) -
 
     impl: a backend of kernels/backends.py ("auto" resolved for q's device).
     """
-    name = backends.resolve(impl, q.is_cuda, backends.AUTO_ATTENTION)
+    name = backends.resolve(impl, q.is_cuda, backends.AUTO_ATTENTION, head_dim=q.shape[-1])
     return backends.ATTENTION_BACKENDS[name].load()(q, k, v, doc_ids)
 
 

@@ -16,6 +16,7 @@ import contextlib
 import itertools
 import os
 import re
+import signal
 import socket
 import sys
 from dataclasses import dataclass
@@ -217,6 +218,27 @@ def rendezvous_env(topology: Topology) -> dict[str, str]:
     }
 
 
+def follow_the_launcher() -> None:
+    """Under torchrun: get SIGTERM when the launcher dies, and stop like on any SIGTERM.
+
+    torchrun (torch's elastic agent) is not a Slurm step: a signal meant for the job that
+    reaches it (SIGUSR1 from `scancel --signal`, whose default action is to terminate) kills
+    it while its ranks train on as orphans nobody will ever stop. With the parent-death signal
+    the ranks save at the next step boundary and exit 75 instead. (The supported cluster
+    launcher is srun, one task per rank, which passes signals and exit statuses through.)
+    """
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):  # not Linux: nothing to follow the launcher with
+        return
+    if os.getppid() == 1:  # the launcher died before we asked
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def init_distributed() -> Topology:
     """Start torch.distributed through DeepSpeed (NCCL on GPU, gloo on CPU).
 
@@ -226,6 +248,8 @@ def init_distributed() -> Topology:
     import deepspeed
 
     topology = topology_from_env()
+    if os.environ.get("TORCHELASTIC_RUN_ID"):
+        follow_the_launcher()
     os.environ.update(rendezvous_env(topology))
     if not torch.cuda.is_available():
         # DeepSpeed's CPU accelerator counts "devices" by running `numactl --hardware` on every

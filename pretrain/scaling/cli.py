@@ -17,6 +17,7 @@ def plan(args: argparse.Namespace) -> None:
         estimate_throughput,
         fits,
         format_plan,
+        global_batch,
         plan_memory,
         suggest_layout,
     )
@@ -25,8 +26,9 @@ def plan(args: argparse.Namespace) -> None:
     memory = plan_memory(config, args.nodes, args.gpus_per_node, args.gpu)
     print(format_plan(memory, estimate_throughput(config, args.nodes, args.gpus_per_node,
                                                   args.gpu)))
-    if not fits(memory):
-        print(suggest_layout(config, args.gpu, args.gpus_per_node).message)
+    if not fits(memory):  # keeping this layout's global batch (the data order depends on it)
+        sequences = global_batch(config, args.nodes * args.gpus_per_node)
+        print(suggest_layout(config, args.gpu, args.gpus_per_node, sequences=sequences).message)
 
 
 def scaling_plan(args: argparse.Namespace) -> None:

@@ -546,6 +546,13 @@ class IsoflopFit:
     b: float
     n_coef: float
     d_coef: float
+    # (a, b) through the minima that lie within their budget's sizes, when some do not and at
+    # least 2 do: how much the extrapolated ones move the exponents.
+    without_extrapolated: tuple[float, float] | None = None
+
+    @property
+    def extrapolated(self) -> tuple[IsoflopMinimum, ...]:
+        return tuple(minimum for minimum in self.minima if minimum.extrapolated)
 
     def compute_optimal(self, C: npt.ArrayLike) -> tuple[np.ndarray, np.ndarray]:
         """N*(C) and D*(C) from the power laws."""
@@ -594,11 +601,22 @@ def isoflop_minima(obs: Observations, *, rtol: float = 0.05) -> IsoflopFit:
         reasons = "; ".join(skipped) or "all runs share one budget"
         raise ScalingError(f"{len(minima)} compute budget(s) with a minimum; power laws need at "
                            f"least 2 ({reasons})")
-    log_c = np.log([m.C for m in minima])
-    a, log_n_coef = np.polyfit(log_c, np.log([m.N for m in minima]), 1)
-    b, log_d_coef = np.polyfit(log_c, np.log([m.D for m in minima]), 1)
+    (a, log_n_coef), (b, log_d_coef) = _power_laws(minima)
+    inside = [m for m in minima if not m.extrapolated]
+    without = None
+    if len(inside) < len(minima) and len(inside) >= 2:
+        (a_in, _), (b_in, _) = _power_laws(inside)
+        without = (float(a_in), float(b_in))
     return IsoflopFit(minima=tuple(minima), skipped=tuple(skipped), a=float(a), b=float(b),
-                      n_coef=math.exp(log_n_coef), d_coef=math.exp(log_d_coef))
+                      n_coef=math.exp(log_n_coef), d_coef=math.exp(log_d_coef),
+                      without_extrapolated=without)
+
+
+def _power_laws(minima: Sequence[IsoflopMinimum]) -> tuple[np.ndarray, np.ndarray]:
+    """Least-squares lines of log N* and log D* against log C: (slope, intercept) each."""
+    log_c = np.log([m.C for m in minima])
+    return (np.polyfit(log_c, np.log([m.N for m in minima]), 1),
+            np.polyfit(log_c, np.log([m.D for m in minima]), 1))
 
 
 # --------------------------------------------------------------------------------------------

@@ -136,7 +136,7 @@ def attention_kind(model: ModelConfig) -> str:
     k/v kept at their grouped width, only the output and an fp32 log-sum-exp per row saved.
     `eager` materialises fp32 scores.
     """
-    return planned_attention(model.attention_impl).memory
+    return planned_attention(model.attention_impl, model.head_dim).memory
 
 
 def layer_activation_bytes(model: ModelConfig, checkpointing: str, seq_len: int,
@@ -657,38 +657,56 @@ class Suggestion:
     message: str
 
 
-def _candidates(config: Config, world: int) -> list[Config]:
+def global_batch(config: Config, world: int) -> int:
+    """Sequences per optimizer step of `config` on `world` GPUs."""
+    stages = config.parallel.pipeline_stages if config.parallel.engine == "pipeline" else 1
+    return config.train.micro_batch_size * config.train.grad_accum_steps * (world // stages)
+
+
+def _candidates(config: Config, world: int, sequences: int | None) -> list[Config]:
     """Configs to try on `world` GPUs: pipeline depths that divide it, and checkpointing modes
-    that keep no more than the configured one."""
-    parallel = config.parallel
+    that keep no more than the configured one. With `sequences`, each comes as close to that
+    global batch as whole accumulation steps allow (exactly, when they divide it; one step when
+    there are more data-parallel ranks than sequences)."""
+    parallel, train = config.parallel, config.train
     start = _CHECKPOINTING_ORDER.index(parallel.activation_checkpointing)
     modes = _CHECKPOINTING_ORDER[start:]
     if parallel.engine == "pipeline":
         depths = [p for p in range(1, min(world, config.model.n_layers) + 1) if world % p == 0]
     else:
         depths = [1]
-    return [dataclasses.replace(config, parallel=dataclasses.replace(
-        parallel, pipeline_stages=depth, activation_checkpointing=mode))
-        for depth in depths for mode in modes]
+    candidates = []
+    for depth in depths:
+        accumulation = train.grad_accum_steps
+        if sequences is not None:
+            accumulation = max(1, round(sequences / (train.micro_batch_size * (world // depth))))
+        candidates += [dataclasses.replace(
+            config, parallel=dataclasses.replace(parallel, pipeline_stages=depth,
+                                                 activation_checkpointing=mode),
+            train=dataclasses.replace(train, grad_accum_steps=accumulation)) for mode in modes]
+    return candidates
 
 
 def suggest_layout(config: Config, gpu: str | GpuSpec = "h100-80gb", gpus_per_node: int = 8,
-                   max_nodes: int = 64,
-                   assumptions: Assumptions = DEFAULT_ASSUMPTIONS) -> Suggestion:
+                   max_nodes: int = 64, assumptions: Assumptions = DEFAULT_ASSUMPTIONS,
+                   sequences: int | None = None) -> Suggestion:
     """The fewest nodes on which `config` fits, and how to run it there.
 
     For each node count from 1 to max_nodes, it tries the configured engine with every
     pipeline depth that divides the GPUs (pipeline engine only) and the configured activation
     checkpointing or a more thorough one; among those that fit it picks the fastest estimate.
-    Micro-batch size, accumulation steps, sequence length and offload stay as configured, so
-    the global batch grows with the data-parallel ranks.
+    sequences: the global batch to keep (the data order and the schedule depend on it; `pretrain
+    plan` passes the planned layout's): accumulation steps are set to match, as closely as
+    whole steps allow. None: accumulation as configured, so the global batch grows with the
+    data-parallel ranks. Micro-batch size, sequence length and offload stay as configured. The
+    message states the global batch, and says so when it is not the one asked for.
     """
     spec = gpu_spec(gpu)
     smallest: tuple[int, int, Config] | None = None  # (peak, nodes, config) of the closest miss
     for nodes in range(1, max_nodes + 1):
         world = nodes * gpus_per_node
         fitting = []
-        for candidate in _candidates(config, world):
+        for candidate in _candidates(config, world, sequences):
             memory = plan_memory(candidate, nodes, gpus_per_node, spec, assumptions)
             if fits(memory):
                 fitting.append((estimate_throughput(candidate, nodes, gpus_per_node, spec,
@@ -700,10 +718,18 @@ def suggest_layout(config: Config, gpu: str | GpuSpec = "h100-80gb", gpus_per_no
             layout = (f"{best.parallel.pipeline_stages} pipeline stages x "
                       f"{memory.data_parallel} data-parallel ranks"
                       if best.parallel.engine == "pipeline" else f"{world} ranks")
+            kept = global_batch(best, world)
+            batch = (f"global batch {kept} sequences (micro-batch {best.train.micro_batch_size}"
+                     f" x {best.train.grad_accum_steps} accumulation x {memory.data_parallel} "
+                     "data-parallel)")
+            wanted = global_batch(config, world) if sequences is None else sequences
+            if kept != wanted:
+                batch += f", not the {'configured' if sequences is None else 'planned'} {wanted}"
             message = (f"fits on {nodes} node(s) x {gpus_per_node} {spec.name}: {layout}, "
                        f"activation_checkpointing={best.parallel.activation_checkpointing}, "
-                       f"peak {memory.peak / GIB:.1f} of {spec.memory_bytes / GIB:.1f} GiB "
-                       f"per GPU, estimated MFU {throughput.mfu:.0%}")
+                       f"{batch}, peak {memory.peak / GIB:.1f} of "
+                       f"{spec.memory_bytes / GIB:.1f} GiB per GPU, estimated MFU "
+                       f"{throughput.mfu:.0%}")
             return Suggestion(best, nodes, memory, throughput, message)
     message = (f"does not fit on up to {max_nodes} node(s) x {gpus_per_node} {spec.name} "
                f"with engine {config.parallel.engine}")

@@ -70,8 +70,17 @@ def describe_fit(column: str, fit: ColumnFit, budgets: list[float]) -> str:
         low, high = fit.result.interval(name)
         lines.append(f"  {name:<6} {getattr(point, name):>10.4g}   [{low:.4g}, {high:.4g}]")
     if fit.isoflop is not None:
-        lines.append(f"  IsoFLOP minima (approach 2): N_opt ~ C^{fit.isoflop.a:.3f}, "
-                     f"D_opt ~ C^{fit.isoflop.b:.3f} from {len(fit.isoflop.minima)} budgets")
+        isoflop = fit.isoflop
+        lines.append(f"  IsoFLOP minima (approach 2): N_opt ~ C^{isoflop.a:.3f}, "
+                     f"D_opt ~ C^{isoflop.b:.3f} from {len(isoflop.minima)} budgets")
+        if isoflop.extrapolated:
+            budgets_out = ", ".join(f"{minimum.C:.3g}" for minimum in isoflop.extrapolated)
+            lines.append(f"    {len(isoflop.extrapolated)} of them extrapolated (the minimum "
+                         f"lies outside the sizes trained: C={budgets_out}); "
+                         + (f"without them N_opt ~ C^{isoflop.without_extrapolated[0]:.3f}, "
+                            f"D_opt ~ C^{isoflop.without_extrapolated[1]:.3f}"
+                            if isoflop.without_extrapolated
+                            else "too few budgets are left to fit without them"))
     else:
         lines.append(f"  IsoFLOP approach skipped: {fit.isoflop_skipped}")
     lines += [f"  {summarize(point, budget, fit.result)}" for budget in budgets]
@@ -85,10 +94,17 @@ def _as_json(fit: ColumnFit, budgets: list[float]) -> dict[str, Any]:
         low, high = fit.result.interval(name)
         parameters[name] = {"value": getattr(point, name), "low": low, "high": high}
     return {"runs": len(fit.runs), "parameters": parameters, "objective": point.objective,
-            "isoflop": None if fit.isoflop is None else {"a": fit.isoflop.a,
-                                                         "b": fit.isoflop.b},
+            "isoflop": None if fit.isoflop is None else _isoflop_json(fit.isoflop),
             "budgets": {f"{budget:g}": summarize(point, budget, fit.result)
                         for budget in budgets}}
+
+
+def _isoflop_json(isoflop: IsoflopFit) -> dict[str, Any]:
+    without = isoflop.without_extrapolated
+    return {"a": isoflop.a, "b": isoflop.b, "budgets": len(isoflop.minima),
+            "extrapolated_budgets": [minimum.C for minimum in isoflop.extrapolated],
+            "without_extrapolated": None if without is None else {"a": without[0],
+                                                                  "b": without[1]}}
 
 
 def write_report(fits: dict[str, ColumnFit], output: Path, budgets: list[float],

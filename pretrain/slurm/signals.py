@@ -71,8 +71,17 @@ from typing import Any
 # a bad config or a kill never looks like a requeue request.
 REQUEUE_EXIT_CODE = 75
 
-# The signals that ask for a save + requeue.
-STOP_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGUSR1, signal.SIGTERM)
+# The signals that ask for a save + requeue. SIGINT is Ctrl-C at a terminal: the first one saves
+# at the next step boundary like the others, a second one stops at once (KeyboardInterrupt;
+# the CLI says "interrupted" and exits 130).
+STOP_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)
+
+
+def _interrupt_again(signum: int, frame: FrameType | None, earlier: Iterable[str]) -> None:
+    """A second Ctrl-C: the person at the terminal wants out now, not at the next step."""
+    if signum == signal.SIGINT and "SIGINT" in earlier:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        raise KeyboardInterrupt
 
 SQUEUE_TIMEOUT_S = 10.0
 
@@ -166,12 +175,25 @@ def hold_stop_signals(signals: Iterable[signal.Signals] = STOP_SIGNALS) -> None:
     starts from what was held here, so the run saves at its first step boundary.
     """
     def hold(signum: int, frame: FrameType | None) -> None:
+        _interrupt_again(signum, frame, (name for name, _ in _held))
         _held.append((signal.Signals(signum).name, time.monotonic()))
         os.write(2, f"[signals] {signal.Signals(signum).name} received while starting: saving "
                     "at the first step boundary\n".encode())
 
     for sig in signals:
         signal.signal(sig, hold)
+
+
+def ignore_stop_signals(signals: Iterable[signal.Signals] = STOP_SIGNALS) -> None:
+    """Ignore stop signals for the rest of the process (SIG_IGN), once its outcome is decided.
+
+    A Python handler would not do: interpreter shutdown puts the default action back on every
+    signal that has one, and SIGUSR1's default is to terminate (status 138), which would turn
+    a finished run (0), a requeue (75) or a refused input (2) into a kill. SIG_IGN survives
+    shutdown.
+    """
+    for sig in signals:
+        signal.signal(sig, signal.SIG_IGN)
 
 
 class StopWatch:
@@ -201,6 +223,7 @@ class StopWatch:
         # (signal name, time.monotonic()) of the first signal, set once in one assignment.
         self._first: tuple[str, float] | None = None
         self.signal_count = 0
+        self._names: list[str] = []  # every signal received, in order
         self._signals = tuple(signal.Signals(s) for s in signals)
         # Preformatted so the handler does no work beyond one os.write.
         self._messages = {int(s): f"[signals] {s.name} received: saving at the next step boundary"
@@ -214,10 +237,14 @@ class StopWatch:
             raise
         if _held:  # signals that came while the process was starting (hold_stop_signals)
             self._first, self.signal_count = _held[0], len(_held)
+            self._names = [name for name, _ in _held]
             _held.clear()
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
-        """Signal handler: record, write one line to stderr, return. Never raises."""
+        """Signal handler: record, write one line to stderr, return. Raises only on a second
+        SIGINT (KeyboardInterrupt: Ctrl-C twice stops at once)."""
+        _interrupt_again(signum, frame, self._names)
+        self._names.append(signal.Signals(signum).name)
         try:
             self.signal_count += 1
             if self._first is None:
@@ -256,6 +283,12 @@ class StopWatch:
                 return (f"{left:.1f} min left in the Slurm job "
                         f"(threshold {self.save_minutes_before_end:g})")
         return None
+
+    def ignore_from_now_on(self) -> None:
+        """`ignore_stop_signals` for this watch's signals, restoring nothing: for a run that
+        has finished or saved for a requeue."""
+        self._previous.clear()
+        ignore_stop_signals(self._signals)
 
     def restore(self) -> None:
         """Put back the handlers that were there before; safe to call more than once."""

@@ -42,6 +42,10 @@ from pretrain.runs import RunDir
 TEMPLATE = "train.sbatch"
 # Seconds srun waits for the other ranks once one has exited (see the template).
 RANK_EXIT_WAIT_S = 60
+# What each rank's command runs under: the stop signals ignored across exec (a disposition a
+# new process inherits), so that one arriving before Python installs its handler is dropped,
+# not fatal. `pretrain train` takes them over in its first line (pretrain/__main__.py).
+RANK_LAUNCHER = """bash -c 'trap "" USR1 TERM; exec "$@"' siyada-rank"""
 # Slurm accepts a warning signal at most this many seconds before the end (a 16-bit field).
 MAX_GRACE_S = 65535
 
@@ -311,6 +315,7 @@ def render_script(name: str, job_dir: Path, shape: JobShape, members: int) -> st
         "wait": str(RANK_EXIT_WAIT_S),
         "srun_options": _srun_options(shape),
         "python": shlex.quote(sys.executable),
+        "rank_launcher": RANK_LAUNCHER,
     }
     template = (resources.files("pretrain.slurm") / "templates" / TEMPLATE).read_text()
     return re.sub(r"\{\{(\w+)\}\}", lambda match: values[match[1]], template)

@@ -7,12 +7,13 @@ faults.py). A callback overrides the points it needs; the loop calls them in ord
     while_saving(step)            every file of the step's checkpoint is written, nothing is
                                   committed yet (no meta.json, `latest` not moved)
 
-A callback sees the trainer through `TrainerView`: its engine, where this rank is, and the
-StopWatch that records stop signals.
+A callback sees the trainer through `TrainerView`: its engine, where this rank is, the run
+directory, and the StopWatch that records stop signals.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Protocol
 
 from pretrain.parallel.engine import Engine
@@ -23,6 +24,7 @@ from pretrain.slurm.signals import StopWatch
 class TrainerView(Protocol):
     engine: Engine
     topology: Topology
+    run_dir: Path
     watch: StopWatch | None  # None until the loop runs
 
 

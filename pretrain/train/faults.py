@@ -10,6 +10,9 @@ SIYADA_FAULT is set (real runs never set it, and then nothing here runs).
     SIYADA_FAULT=nan@7     the loss of the 7th global batch becomes NaN before backward, as a
                            bad batch would make it (the divergence guard must roll back and skip
                            that batch; pretrain/train/guard.py)
+    SIYADA_FAULT=flip@15   after step 15, rank 0 flips one bit in the middle of the largest
+                           file of the newest committed checkpoint: damage at rest that only its
+                           sha256 can tell (a rollback must not trust that checkpoint)
 
 Several faults may be given, comma-separated.
 """
@@ -22,6 +25,7 @@ from collections import defaultdict
 
 from torch import Tensor
 
+from pretrain.checkpoint.store import committed
 from pretrain.train.callbacks import Callback, TrainerView
 
 ENV = "SIYADA_FAULT"
@@ -48,6 +52,16 @@ class FaultInjector(Callback):
         trainer.engine.objective.hook = _nan if batch in self.planned["nan"] else None
 
     def after_step(self, trainer: TrainerView, step: int) -> None:
+        if trainer.topology.rank == 0 and step in self.planned["flip"]:
+            newest = committed(trainer.run_dir)[-1]
+            victim = max((path for path in newest.rglob("*") if path.is_file()),
+                         key=lambda path: path.stat().st_size)
+            with open(victim, "r+b") as handle:
+                handle.seek(victim.stat().st_size // 2)
+                byte = handle.read(1)
+                handle.seek(-1, os.SEEK_CUR)
+                handle.write(bytes([byte[0] ^ 1]))
+            print(f"[fault] {ENV}: flipped a bit of {victim} after step {step}", flush=True)
         if trainer.topology.rank == 0 and step in self.planned["hang"]:
             print(f"[fault] {ENV}: hanging after step {step}", flush=True)
             while trainer.watch is None or trainer.watch.reason() is None:

@@ -17,7 +17,9 @@ from __future__ import annotations
 import gc
 import logging
 import math
+import os
 import random
+import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -38,22 +40,29 @@ from pretrain.checkpoint.reshard import (
 )
 from pretrain.checkpoint.store import Mirror
 from pretrain.config import Config, to_yaml
+from pretrain.data import DataError
 from pretrain.data.dataset import (
     check_for_training,
     check_tokenizer,
+    check_tokenizer_record,
+    checksum_problems,
     dataset_is_ready,
     load_manifest,
+    record_verified,
+    unverified_files,
     verify_dataset,
 )
 from pretrain.data.loader import build_train_loader
 from pretrain.data.mixture import describe_mixture
 from pretrain.data.prepare import prepare_dataset
+from pretrain.errors import InputError
 from pretrain.fileio import atomic_write_json, atomic_write_text
 from pretrain.nn.model import count_parameters, flops_per_token
 from pretrain.parallel.build import build_engine
 from pretrain.parallel.ds_config import resolve_precision
 from pretrain.parallel.engine import Engine, MicroBatch
 from pretrain.parallel.topology import ParallelLayout, Topology, init_distributed, make_layout
+from pretrain.runs import RunBusy, RunLock
 from pretrain.slurm.signals import StopWatch, start_resource_tracker
 from pretrain.train.callbacks import Callback
 from pretrain.train.evaluate import Validation, format_validation
@@ -103,11 +112,37 @@ def _ensure_dataset(config: Config, topology: Topology) -> dict:
         prepare_dataset(config, dataset_dir)
     dist.barrier()
     manifest = load_manifest(dataset_dir)
-    verify_dataset(dataset_dir)  # sizes only: a truncated shard is named here, not mid-run
+    verify_dataset(dataset_dir)  # sizes: a truncated shard is named here, not mid-run
+    check_tokenizer_record(dataset_dir, manifest)
+    _verify_dataset_checksums(dataset_dir, manifest, topology)
     if config.tokenizer.path:
         check_tokenizer(manifest, config.tokenizer.path)
     check_for_training(dataset_dir, manifest, config.data.seq_len, config.model.vocab_size)
     return manifest
+
+
+def _verify_dataset_checksums(dataset_dir: Path, manifest: dict[str, Any],
+                              topology: Topology) -> None:
+    """Every file's sha256 against the manifest, the ranks splitting the work, once per change
+    of a file (the record is kept by size and mtime); DataError names a corrupt file."""
+    todo = unverified_files(dataset_dir, manifest)
+    if not todo:
+        return
+    started = time.perf_counter()
+    mine = checksum_problems(dataset_dir, todo[topology.rank::topology.world_size])
+    problems: list[list[str]] = [[] for _ in range(topology.world_size)]
+    dist.all_gather_object(problems, mine)
+    found = sorted(problem for share in problems for problem in share)
+    if found:
+        raise DataError(found[0] + (f" (and {len(found) - 1} more files)" if len(found) > 1
+                                    else ""))
+    if topology.is_main:
+        record_verified(dataset_dir, todo)
+        size = sum(entry["bytes"] for entry in todo)
+        print(f"[data] verified {len(todo)} dataset files ({size / 2**20:,.1f} MiB) against "
+              f"their sha256 in {time.perf_counter() - started:.1f} s; they are not hashed "
+              "again until they change", flush=True)
+    dist.barrier()
 
 
 def _write_run_files(config: Config, ds_config: dict) -> None:
@@ -147,14 +182,31 @@ class ResumePlan:
     universal_dir: Path | None  # set when the data-parallel size changed (resharded)
 
 
+def find_checkpoint(run_dir: Path, checksums: bool,
+                    topology: Topology) -> tuple[Path, dict[str, Any]] | None:
+    """The newest checkpoint of the run that verifies (collectively: the ranks split the
+    hashing); the committed ones newer than it failed, and are set aside (`quarantine`)."""
+    broken: list[tuple[Path, str]] = []
+    found = checkpoint.find_resumable(run_dir, checksums, report=topology.is_main,
+                                      topology=topology, broken=broken)
+    dist.barrier()  # every rank is done with the broken folders before they move
+    if topology.is_main:
+        for folder, why in broken:
+            moved = checkpoint.quarantine(folder, why)
+            print(f"[checkpoint] {folder.name} failed verification ({why}); moved to "
+                  f"{moved.name}", flush=True)
+    dist.barrier()
+    return found
+
+
 def _plan_resume(config: Config, identity: dict[str, Any], topology: Topology) -> ResumePlan | None:
     """Pick the checkpoint to resume from, refuse a foreign one, reshard if needed."""
-    found = checkpoint.find_resumable(config.run_dir, config.checkpoint.verify_checksums,
-                                      report=topology.is_main)
+    found = find_checkpoint(config.run_dir, config.checkpoint.verify_checksums, topology)
     if found is None and config.checkpoint.init_from:
         source = Path(config.checkpoint.init_from)
         try:
-            found = source, checkpoint.verify(source, config.checkpoint.verify_checksums)
+            found = source, checkpoint.verify(source, config.checkpoint.verify_checksums,
+                                              topology)
         except checkpoint.CheckpointError as error:
             raise checkpoint.CheckpointError(f"checkpoint.init_from: {error}") from None
         _main_print(topology, f"[checkpoint] {config.run_dir} has no checkpoint yet: starting "
@@ -243,7 +295,9 @@ class Trainer:
     def _roll_back(self, reason: str) -> None:
         """Undo a bad step: reload the last checkpoint (the guard skips the batch next time)."""
         step = self.progress.step + 1
-        found = checkpoint.find_resumable(self.run_dir, report=self.topology.is_main)
+        # Always hashed: a state that turns a step NaN may be a damaged checkpoint, and rolling
+        # back into it again would blame (and skip) good batches.
+        found = find_checkpoint(self.run_dir, checksums=True, topology=self.topology)
         if found is None:
             raise TrainingDiverged(
                 f"step {step}: {reason}, and there is no checkpoint to roll back to yet "
@@ -295,8 +349,11 @@ class Trainer:
         stop_at = config.train.stop_at_step or config.train.max_steps
         metrics = MetricsLogger(self.run_dir, topology.is_main, config.logging.tensorboard,
                                 progress.step)
+        # A bar only on a terminal: in a Slurm log or a pipe it would be a carriage return per
+        # step; the periodic log lines say the same there.
         bar = tqdm(total=stop_at, initial=progress.step, desc="train", dynamic_ncols=True,
-                   disable=not (topology.is_main and config.logging.progress_bar))
+                   disable=not (topology.is_main and config.logging.progress_bar
+                                and sys.stderr.isatty()))
         loss_value, requeue = math.nan, False
         self.engine.deepspeed.train()
         while self.progress.step < stop_at:
@@ -368,29 +425,53 @@ def build_training_engine(config: Config, layout: ParallelLayout, precision: str
 
 
 def train(config: Config) -> TrainResult:
-    """Train (or resume) the run of `config` until train.max_steps or a stop signal."""
+    """Train (or resume) the run of `config` until train.max_steps or a stop signal.
+
+    When it returns (finished, or saved for a requeue), SIGUSR1 and SIGTERM are ignored for the
+    rest of the process: the run's exit status is its outcome, whatever arrives afterwards.
+    """
     _quiet_libraries()
     # Signals are watched from the start: a preemption notice that comes while the job sets up
     # (a long checkpoint load) stops it at the first step boundary instead of killing the rank.
-    # On the requeue path the handlers stay until the process exits, so a late SIGTERM cannot
-    # turn "requeue me" into a kill.
     watch = StopWatch(config.checkpoint.save_minutes_before_end)
     try:
         result = _train(config, watch)
     except BaseException:
         watch.restore()
         raise
-    if not result.requeue:
-        watch.restore()
+    watch.ignore_from_now_on()
     return result
+
+
+def _lock_run_dir(config: Config, topology: Topology) -> RunLock | None:
+    """The main rank takes the run directory's lock; every rank stops if another job has it."""
+    lock = RunLock(config.run_dir) if topology.is_main else None
+    refusal: str | None = None
+    if lock is not None:
+        try:
+            lock.acquire()
+        except RunBusy as error:
+            refusal = str(error)
+    message = [refusal]
+    dist.broadcast_object_list(message, src=0)
+    if message[0] is not None:
+        raise RunBusy(message[0])
+    return lock
 
 
 def _train(config: Config, watch: StopWatch) -> TrainResult:
     start_resource_tracker()
     topology = init_distributed()
+    lock = _lock_run_dir(config, topology)
+    try:
+        return _train_locked(config, watch, topology)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train_locked(config: Config, watch: StopWatch, topology: Topology) -> TrainResult:
     run_dir = config.run_dir
-    if topology.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(config.train.seed)
     manifest = _ensure_dataset(config, topology)
 
@@ -402,6 +483,21 @@ def _train(config: Config, watch: StopWatch) -> TrainResult:
     _main_print(topology, f"[parallel] engine {config.parallel.engine}, {layout.describe()}")
     identity = checkpoint.run_identity(config, layout, manifest["tokenizer"]["sha256"])
     plan = _plan_resume(config, identity, topology) if config.checkpoint.resume else None
+    stop_at = config.train.stop_at_step or config.train.max_steps
+    if plan is not None and plan.meta["step"] >= stop_at:
+        # Nothing to do, so nothing is built or written (the run directory may be read-only).
+        _main_print(topology, f"[done] {run_dir} already reached step {plan.meta['step']}; "
+                    "nothing to do (raise train.max_steps to continue, or delete the run "
+                    "directory to start over)")
+        dist.barrier()
+        return TrainResult(run_dir=run_dir, step=plan.meta["step"], final_loss=math.nan,
+                           checkpoint=None)
+    if not os.access(run_dir, os.W_OK):
+        raise InputError(f"{run_dir}: the run directory is read-only here, and the run has "
+                         f"steps to train (to step {stop_at}); give it a writable run.dir")
+    # fp32 master weights and two Adam moments per parameter, plus the bf16 weights if any.
+    per_parameter = 12 if precision == "fp32" else 14
+    checkpoint.check_free_space(run_dir, per_parameter * count_parameters(config.model))
     engine = build_training_engine(
         config, layout, precision,
         load_universal=plan is not None and plan.universal_dir is not None)
@@ -423,7 +519,21 @@ def _train(config: Config, watch: StopWatch) -> TrainResult:
     trainer = Trainer(config, topology, layout, engine, make_loader, identity, device, precision,
                       validation, [faults] if faults is not None else [])
     if plan is not None:
-        trainer.restore(plan)
+        try:
+            trainer.restore(plan)
+        except checkpoint.CheckpointError as error:
+            if not plan.folder.is_relative_to(config.files.checkpoints):
+                raise  # checkpoint.init_from: another run's checkpoint is not ours to move
+            # Its files matched what was recorded (sizes, or sha256s when verified), yet they
+            # do not load. A restart resumes from the checkpoint before it.
+            dist.barrier()
+            if topology.is_main:
+                moved = checkpoint.quarantine(plan.folder, str(error))
+                print(f"[checkpoint] {error}; moved it to {moved.name}; exiting for a restart, "
+                      "which resumes from the checkpoint before it", flush=True)
+            dist.barrier()
+            return TrainResult(run_dir=run_dir, step=0, final_loss=math.nan, checkpoint=None,
+                               requeue=True)
         done = trainer.progress
         _main_print(topology, f"[checkpoint] resumed from step {done.step} "
                     f"({done.tokens_seen:,} tokens seen)")
@@ -439,15 +549,6 @@ def _train(config: Config, watch: StopWatch) -> TrainResult:
               f"{config.parallel.resolved_zero_stage()}, {precision} on {device.type} | "
               f"{tokens_per_step:,} tokens/step | dataset {manifest['splits']['train']['tokens']:,}"
               " tokens", flush=True)
-
-    stop_at = config.train.stop_at_step or max_steps
-    if trainer.progress.step >= stop_at:
-        _main_print(topology, f"[done] {run_dir} already reached step {trainer.progress.step}; "
-                    "nothing to do (raise train.max_steps to continue, or delete the run "
-                    "directory to start over)")
-        dist.barrier()  # no rank leaves while another still sets up (streaming's shared memory)
-        return TrainResult(run_dir=run_dir, step=trainer.progress.step, final_loss=math.nan,
-                           checkpoint=None)
 
     result = trainer.run(watch)
     dist.barrier()
