@@ -1,6 +1,7 @@
 """Running the real `pretrain` CLI in subprocesses, as a job would: one process or torchrun."""
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -48,3 +49,20 @@ def prepare_dataset(root: Path) -> Path:
 
 def losses(run_dir: Path) -> list[float]:
     return [row["loss"] for row in read_metrics(run_dir / "metrics.jsonl")]
+
+
+def signal_bit(pid: int, mask: str, sig: signal.Signals) -> bool:
+    """Whether `sig` is set in one of process `pid`'s signal masks (SigCgt: a handler is
+    installed; SigIgn: ignored); False once the process is gone."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    bits = int(next(line.split()[1] for line in status.splitlines()
+                    if line.startswith(f"{mask}:")), 16)
+    return bool(bits >> (sig - 1) & 1)
+
+
+def catches(pid: int, sig: signal.Signals) -> bool:
+    """Whether process `pid` has a handler installed for `sig`."""
+    return signal_bit(pid, "SigCgt", sig)

@@ -118,3 +118,24 @@ def test_resolved_config_round_trips_through_yaml(tmp_path):
     assert again == config
     assert config_hash(again) == config_hash(config)
     assert config_hash(load_config(None, ["model.n_layers=3"])) != config_hash(config)
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("data.dataset=", r"'data.dataset': no value given; write key=value"),
+    ("optim.betas=0.9", r"'optim.betas': give a list in brackets: optim.betas=\[...\]"),
+])
+def test_messages_say_what_to_write(override, expected):
+    """Issue 18.18: `data.dataset=` said "Incompatible value 'None' for field of type 'str'" and
+    `optim.betas=0.9` "AnyNode is not a ListConfig"."""
+    with pytest.raises(ConfigError, match=expected):
+        load_config(None, [override])
+
+
+def test_a_yaml_syntax_error_is_one_line_with_its_place(tmp_path):
+    """Issue 18.18: a YAML syntax error took 3-4 lines."""
+    broken = write(tmp_path / "broken.yaml", "model:\n  d_model: [64\n  n_heads: 4\n")
+    with pytest.raises(ConfigError) as error:
+        load_config(broken)
+    assert "\n" not in str(error.value)
+    assert "broken.yaml: not valid YAML: line 3, column 10: did not find expected" in \
+        str(error.value)

@@ -4,7 +4,8 @@ Every import of `pretrain/` and `kernels/` (at any depth, type-checking ones inc
 from the source; the rooms are ordered by what they may use:
 
     kernels                            compute kernels and their table (kernels/backends.py)
-    errors, fileio, runs               leaves
+    errors                             the one base class of bad input
+    fileio, runs                       atomic writes; the run directory
     config, then commands              the typed config; what a command is
     nn, data                           the model; raw text to prepared shards and back
     parallel                           the engines around the model
@@ -26,9 +27,9 @@ import pytest
 
 from tests.paths import REPO
 
-RANKS = {"kernels": 0, "errors": 1, "fileio": 1, "runs": 1, "config": 2, "commands": 3,
-         "nn": 4, "data": 4, "parallel": 5, "checkpoint": 6, "slurm": 6, "train": 7, "hf": 8,
-         "scaling": 8, "cli": 9, "__main__": 9, "__init__": 9}
+RANKS = {"kernels": 0, "errors": 1, "fileio": 2, "runs": 2, "config": 3, "commands": 4,
+         "nn": 5, "data": 5, "parallel": 6, "checkpoint": 7, "slurm": 7, "train": 8, "hf": 9,
+         "scaling": 9, "cli": 10, "__main__": 10, "__init__": 10}
 MAX_TOP_LEVEL_MODULES = 8
 
 

@@ -20,7 +20,16 @@ from pretrain.runs import RunDir
 from pretrain.slurm.signals import REQUEUE_EXIT_CODE
 from pretrain.train.faults import CRASH_EXIT_CODE
 from pretrain.train.metrics import read_metrics
-from tests.cli_runs import TINY, command, environment, losses, ok, prepare_dataset, pretrain
+from tests.cli_runs import (
+    TINY,
+    catches,
+    command,
+    environment,
+    losses,
+    ok,
+    prepare_dataset,
+    pretrain,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -123,6 +132,117 @@ def test_sigusr1_saves_exits_for_requeue_and_continues_bitwise(dataset, straight
     assert losses(run_dir) == straight[2]
 
 
+def test_ctrl_c_saves_at_the_next_step_and_twice_stops_at_once(dataset, straight, tmp_path):
+    """Issue 18.17: Ctrl-C printed KeyboardInterrupt tracebacks and lost the steps since the last
+    checkpoint. Now the first SIGINT is a stop signal like SIGTERM; a second one stops at once
+    with one line and status 130."""
+    run_dir = tmp_path / "run"
+    args = ["train", *common(dataset), f"run.dir={run_dir}"]
+    process = start(*args, cwd=tmp_path, env={"SIYADA_FAULT": "hang@3"})
+    wait_for_step(process, run_dir, 3)
+    os.kill(process.pid, signal.SIGINT)
+    output = process.communicate(timeout=300)[0]
+    assert process.returncode == REQUEUE_EXIT_CODE, output[-3000:]
+    assert "[requeue] SIGINT received: saved step 3" in output
+    assert "Traceback" not in output and "KeyboardInterrupt" not in output
+    resumed = ok(pretrain(*args, cwd=tmp_path))
+    assert "resumed from step 3" in resumed.stdout and losses(run_dir) == straight[1]
+
+    # Twice, while it starts (seconds of imports): the second stops it there.
+    process = start("train", *common(dataset), f"run.dir={tmp_path / 'again'}", cwd=tmp_path)
+    deadline = time.monotonic() + 60
+    # `pretrain train` holds the stop signals from line one (Python catches SIGINT from its own
+    # start, so look at SIGUSR1, held with it).
+    while not catches(process.pid, signal.SIGUSR1):
+        assert time.monotonic() < deadline and process.poll() is None
+        time.sleep(0.01)
+    os.kill(process.pid, signal.SIGINT)
+    assert process.stdout is not None
+    for line in iter(process.stdout.readline, ""):
+        if "SIGINT received" in line:  # the first is recorded: now the second
+            break
+    else:
+        raise AssertionError("the first SIGINT was never acknowledged")
+    os.kill(process.pid, signal.SIGINT)
+    output = process.communicate(timeout=300)[0]
+    assert process.returncode == 130, output[-3000:]
+    assert "pretrain train: interrupted" in output and "Traceback" not in output
+
+
+def test_a_second_process_on_a_busy_run_directory_is_refused(dataset, straight, tmp_path):
+    """Issue 18.7: two `pretrain train` on one run directory both ran to the end and
+    interleaved metrics.jsonl. The second now refuses in one line naming the holder; once the
+    holder is killed (-9: no cleanup), its lock does not block the restart."""
+    run_dir = tmp_path / "run"
+    args = ["train", *common(dataset), f"run.dir={run_dir}"]
+    holder = start(*args, cwd=tmp_path, env={"SIYADA_FAULT": "hang@7"})
+    wait_for_step(holder, run_dir, 7)
+    second = pretrain(*args, cwd=tmp_path)
+    assert second.returncode == 2, second.stdout[-2000:] + second.stderr[-2000:]
+    error = next(line for line in second.stderr.splitlines() if "error:" in line)
+    assert f"already being trained by pid {holder.pid} on" in error
+    assert len(losses(run_dir)) == 7  # the second wrote nothing
+    os.killpg(holder.pid, signal.SIGKILL)
+    holder.wait()
+    resumed = ok(pretrain(*args, cwd=tmp_path))
+    assert "resumed from step 5" in resumed.stdout
+    assert losses(run_dir) == straight[1]
+
+
+def test_ranks_do_not_outlive_a_killed_torchrun(dataset, tmp_path):
+    """Issue 18.5: SIGUSR1 sent to torchrun kills the launcher (its default action), and the
+    ranks trained on as orphans. Now they get SIGTERM when it dies: they save where they are
+    and stop."""
+    run_dir = tmp_path / "run"
+    process = start("train", *common(dataset), f"run.dir={run_dir}", cwd=tmp_path, processes=2,
+                    env={"SIYADA_FAULT": "hang@7"})
+    wait_for_step(process, run_dir, 7)
+    ranks = ranks_of(process, 2)
+    process.send_signal(signal.SIGUSR1)  # the launcher only
+    process.communicate(timeout=120)
+    deadline = time.monotonic() + 180
+    while any(Path(f"/proc/{rank}").exists() and "zombie" not in
+              Path(f"/proc/{rank}/status").read_text() for rank in ranks):
+        assert time.monotonic() < deadline, "the ranks outlived their launcher"
+        time.sleep(0.1)
+    folder, meta = find_resumable(run_dir)
+    assert meta["step"] == 7  # saved where they were stopped
+
+
+@contextlib.contextmanager
+def small_filesystem(folder: Path, size: str):
+    """A tmpfs of `size` at `folder` (root only: skips elsewhere)."""
+    folder.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                             capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small filesystem here: {mounted.stderr.decode().strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+
+
+def test_a_full_disk_is_one_line_and_leaves_no_partial_checkpoint(dataset, tmp_path):
+    """Issue 18.6: a full disk during a save printed C++ iostream tracebacks that never said
+    "disk full" and left the half-written folder. A checkpoint of the tiny run takes ~2 MB:
+    with 3 MB, step 5 fits and step 10 does not; with 1 MB, the run refuses to start."""
+    with small_filesystem(tmp_path / "small", "3m") as small:
+        run_dir = small / "run"
+        failed = pretrain("train", *common(dataset), f"run.dir={run_dir}", cwd=tmp_path)
+        assert failed.returncode == 2, failed.stdout[-2000:] + failed.stderr[-2000:]
+        assert "Traceback" not in failed.stderr and "iostream" not in failed.stderr
+        error = next(line for line in failed.stderr.splitlines() if "error:" in line)
+        assert "step_00000010: saving it failed: the filesystem at" in error
+        assert f"{small} is full" in error and "step_00000005 is intact" in error
+        assert not (checkpoint_root(run_dir) / "step_00000010").exists()
+        assert find_resumable(run_dir)[1]["step"] == 5
+    with small_filesystem(tmp_path / "tiny", "1m") as tiny:
+        refused = pretrain("train", *common(dataset), f"run.dir={tiny / 'run'}", cwd=tmp_path)
+        assert refused.returncode == 2 and "Traceback" not in refused.stderr
+        assert "free, and a checkpoint of this run takes about 1.9 MiB" in refused.stderr
+
+
 def test_single_process_requeue_status(dataset, tmp_path):
     run_dir = tmp_path / "run"
     process = start("train", *common(dataset), f"run.dir={run_dir}", cwd=tmp_path,
@@ -165,6 +285,95 @@ def test_a_damaged_newest_checkpoint_is_reported_and_skipped(dataset, tmp_path, 
     result = ok(pretrain(*args, cwd=tmp_path))
     assert f"skipping {newest}" in result.stdout
     assert "resumed from step 5" in result.stdout
+
+
+def flip_a_bit(path: Path) -> None:
+    """Same size, one bit off in the middle: only the sha256 can tell."""
+    content = bytearray(path.read_bytes())
+    content[len(content) // 2] ^= 1
+    path.write_bytes(bytes(content))
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_a_silently_damaged_checkpoint_is_caught_by_default(dataset, straight, tmp_path,
+                                                            processes):
+    """Issue 18.2: with the default settings a flipped bit in an optimizer shard is found on
+    resume (the ranks split the hashing), the run resumes from the checkpoint before and goes on
+    exactly as if nothing had happened, and the damaged one is set aside, not deleted."""
+    run_dir = tmp_path / "run"
+    args = ["train", *common(dataset), f"run.dir={run_dir}"]
+    ok(pretrain(*args, "train.stop_at_step=10", cwd=tmp_path, processes=processes))
+    newest = checkpoint_root(run_dir) / "step_00000010"
+    flip_a_bit(max(newest.glob("*optim_states.pt"), key=lambda path: path.stat().st_size))
+    result = ok(pretrain(*args, cwd=tmp_path, processes=processes))
+    assert "does not match its sha256" in result.stdout
+    assert "moved to step_00000010.broken" in result.stdout
+    assert "resumed from step 5" in result.stdout
+    assert losses(run_dir) == straight[processes]
+    assert not RunDir(run_dir).guard.exists()  # no batch was blamed
+    assert (checkpoint_root(run_dir) / "step_00000010.broken" / "BROKEN.txt").is_file()
+
+
+def test_a_checkpoint_that_does_not_load_is_set_aside_and_the_restart_resumes_before_it(
+        dataset, straight, tmp_path):
+    """Issue 18.15: with checksums off, a damaged model_states.pt (same size) gave a raw
+    traceback. Now every rank agrees it failed, it is set aside, the run exits for a restart
+    (status 75), and the restart resumes from the checkpoint before it."""
+    run_dir = tmp_path / "run"
+    args = ["train", *common(dataset), f"run.dir={run_dir}", "checkpoint.verify_checksums=false"]
+    ok(pretrain(*args, "train.stop_at_step=10", cwd=tmp_path))
+    victim = next((checkpoint_root(run_dir) / "step_00000010").rglob("*model_states.pt"))
+    content = victim.read_bytes()
+    victim.write_bytes(b"\xff" * 64 + content[64:])  # its zip header: unreadable, same size
+    failed = pretrain(*args, cwd=tmp_path)
+    assert failed.returncode == REQUEUE_EXIT_CODE, failed.stdout[-2000:] + failed.stderr[-2000:]
+    assert "cannot be loaded" in failed.stdout and "moved it to step_00000010.broken" in \
+        failed.stdout
+    assert "Traceback" not in failed.stderr
+    resumed = ok(pretrain(*args, cwd=tmp_path))
+    assert "resumed from step 5" in resumed.stdout
+    assert losses(run_dir) == straight[1]
+
+
+def test_a_rollback_never_returns_into_a_damaged_checkpoint(dataset, tmp_path):
+    """Issue 18.2: the checkpoint a NaN step rolls back to is hashed first. Here step 10's is
+    damaged after the run resumed from it, so the rollback goes to step 5; replaying 6-12 gives
+    exactly the run that rolled back to an intact step 10 and skipped the same batch."""
+    clean, damaged = tmp_path / "clean", tmp_path / "damaged"
+    ok(pretrain("train", *common(dataset), f"run.dir={clean}", cwd=tmp_path,
+                env={"SIYADA_FAULT": "nan@13"}))
+    args = ["train", *common(dataset), f"run.dir={damaged}"]
+    ok(pretrain(*args, "train.stop_at_step=10", cwd=tmp_path))
+    result = ok(pretrain(*args, cwd=tmp_path, env={"SIYADA_FAULT": "flip@12,nan@13"}))
+    assert "moved to step_00000010.broken" in result.stdout
+    assert "rolled back to step_00000005" in result.stdout
+    assert json.loads(RunDir(damaged).guard.read_text())["skipped_batches"] == [13]
+    assert losses(damaged) == losses(clean)
+
+
+def test_when_no_checkpoint_can_be_trusted_the_run_stops_instead_of_starting_over(dataset,
+                                                                                  straight,
+                                                                                  tmp_path):
+    """Issue 18.3: every committed checkpoint broken is one clear line and exit 2, with the
+    history kept; checkpoint.resume=false starts over on purpose."""
+    run_dir = tmp_path / "run"
+    args = ["train", *common(dataset), f"run.dir={run_dir}"]
+    ok(pretrain(*args, "train.stop_at_step=10", cwd=tmp_path))
+    for step in (5, 10):
+        victim = max((checkpoint_root(run_dir) / f"step_{step:08d}").glob("*.pt"),
+                     key=lambda path: path.stat().st_size)
+        victim.write_bytes(victim.read_bytes()[:100])
+    history = RunDir(run_dir).metrics.read_text()
+    refused = pretrain(*args, cwd=tmp_path)
+    assert refused.returncode == 2, refused.stdout[-2000:] + refused.stderr[-2000:]
+    assert "Traceback" not in refused.stderr
+    error = next(line for line in refused.stderr.splitlines() if "error:" in line)
+    assert "no checkpoint can be trusted" in error and "checkpoint.resume=false" in error
+    assert "step_00000010 (file" in error and "step_00000005 (file" in error
+    assert RunDir(run_dir).metrics.read_text() == history
+    again = ok(pretrain(*args, "checkpoint.resume=false", cwd=tmp_path))
+    assert "resumed from" not in again.stdout
+    assert losses(run_dir) == straight[1]  # from step 0, deliberately
 
 
 def test_a_nan_step_is_rolled_back_and_its_batch_skipped(dataset, straight, tmp_path):

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
+import signal
 import subprocess
 import sys
 from itertools import islice
@@ -18,7 +20,13 @@ from pretrain.config import load_config
 from pretrain.data import DataError
 from pretrain.data.corpus import read_documents
 from pretrain.data.dataset import load_manifest
-from pretrain.data.loader import IGNORE_INDEX, build_train_loader, make_labels, read_samples
+from pretrain.data.loader import (
+    IGNORE_INDEX,
+    build_train_loader,
+    collate,
+    make_labels,
+    read_samples,
+)
 from pretrain.data.packing import pack_documents
 from pretrain.data.prepare import prepare_dataset
 from pretrain.data.tokenizer import (
@@ -291,3 +299,63 @@ def test_loader_can_copy_shards_to_a_cache(dataset: Path, tmp_path: Path) -> Non
 def test_loader_needs_a_prepared_dataset(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="pretrain prepare"):
         build_train_loader(tmp_path, micro_batch_size=2, seed=0, shuffle=True, num_workers=0)
+
+
+def test_a_document_id_that_comes_back_in_a_row_is_refused():
+    """Issue 18.13: an id reappearing later in a row (padding inside a document) has no reading
+    the attention paths agree on; batches with one are refused where they are built."""
+    good = {"tokens": np.arange(6, dtype=np.uint32), "doc_ids": np.array([0, 0, 1, 1, 2, 2])}
+    assert collate([good, good])["doc_ids"].shape == (2, 6)
+    torn = {"tokens": np.arange(6, dtype=np.uint32), "doc_ids": np.array([0, 0, 1, 1, 0, 0])}
+    with pytest.raises(DataError, match="id 0 comes back later in its row"):
+        collate([good, torn])
+
+
+JOB = """
+import json, sys
+from pathlib import Path
+import torch.distributed as dist
+from pretrain.data.loader import build_train_loader
+
+dist.init_process_group("gloo")
+rank = dist.get_rank()
+loader = build_train_loader(Path(sys.argv[1]), micro_batch_size=3, seed=0, shuffle=True,
+                            num_workers=0, dp_rank=rank, dp_world_size=dist.get_world_size())
+batches = [[row[0] for row in batch["input_ids"].tolist()] for batch in loader]
+dist.barrier()
+Path(sys.argv[2], f"{rank}.json").write_text(json.dumps(batches))
+dist.destroy_process_group()
+"""
+JOBS = 6
+
+
+@pytest.mark.e2e
+@pytest.mark.distributed
+def test_jobs_started_together_on_one_machine_never_share_shared_memory(tmp_path: Path) -> None:
+    """Issue 18.1: two 2-rank jobs started together on one dataset hung (1 in 3): one job's rank
+    1 attached to the other job's shared-memory prefix. Six jobs at once, one TMPDIR, as from
+    one shell: every job ends, and each rank reads what it would alone."""
+    dataset = numbered_dataset(tmp_path / "dataset")
+    (tmp_path / "job.py").write_text(JOB, "utf-8")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    jobs = []
+    for number in range(JOBS):
+        out = tmp_path / f"job{number}"
+        out.mkdir()
+        jobs.append(subprocess.Popen(
+            [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+             "2", str(tmp_path / "job.py"), str(dataset), str(out)], env=env,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True))
+    try:
+        outputs = [job.communicate(timeout=300)[0].decode() for job in jobs]
+    except subprocess.TimeoutExpired:
+        raise AssertionError("jobs started together deadlocked") from None
+    finally:
+        for job in jobs:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(job.pid, signal.SIGKILL)
+    assert [job.returncode for job in jobs] == [0] * JOBS, outputs
+    alone = [numbers(dp_loader(dataset, rank, 2)) for rank in (0, 1)]
+    for number in range(JOBS):
+        assert [json.loads((tmp_path / f"job{number}" / f"{rank}.json").read_text())
+                for rank in (0, 1)] == alone

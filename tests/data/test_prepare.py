@@ -203,6 +203,11 @@ BAD_INPUTS = [
      "bad.txt:1"),
     ("bad.jsonl", lambda p: p.write_text(GOOD + '{"text": "x", "lang": "../etc"}\n', "utf-8"),
      "bad language tag", "'../etc'", "bad.jsonl:2"),
+    # Issue 18.18: silently new languages before.
+    ("bad.jsonl", lambda p: p.write_text(GOOD + '{"text": "x", "lang": "fra_latn"}\n', "utf-8"),
+     "bad language tag", "did you mean fra_Latn?", "bad.jsonl:2"),
+    ("bad.jsonl", lambda p: p.write_text(GOOD + '{"text": "x", "lang": "klingon"}\n', "utf-8"),
+     "bad language tag", "ISO 639-3 code and an ISO 15924 script", "bad.jsonl:2"),
     ("bad.jsonl", lambda p: p.write_text(GOOD + '{"text": "x", "lang": "fra_Latn", '
                                          '"source": "a/b"}\n', "utf-8"), "bad source name",
      "'a/b'", "bad.jsonl:2"),
@@ -238,6 +243,25 @@ def test_bad_input_is_one_clear_error_or_a_counted_skip(tmp_path: Path, name: st
     assert list(bad.summary()) == [reason]
     entry = bad.summary()[reason]
     assert entry["files"] == {str(path): entry["count"]} and entry["first"].startswith(str(path))
+
+
+def test_a_byte_order_mark_opening_a_file_is_accepted(tmp_path: Path) -> None:
+    """Issue 18.18: a UTF-8 BOM (what some Windows editors write) made the first line
+    malformed JSON."""
+    (tmp_path / "a.jsonl").write_bytes(b"\xef\xbb\xbf" + GOOD.encode() + GOOD.encode())
+    (tmp_path / "b.txt").write_bytes("\ufeffune ligne\n".encode())
+    data = DataConfig(languages={"*.txt": "fra_Latn"})
+    texts = [document.text for document in read_documents([tmp_path], data)]
+    assert texts == ["ok", "ok", "une ligne"]
+
+
+def test_a_well_formed_but_unknown_language_is_accepted_with_a_warning(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    (tmp_path / "a.jsonl").write_text('{"text": "ok", "lang": "por_Latn"}\n' * 2, "utf-8")
+    with caplog.at_level("WARNING"):
+        assert [document.lang for document in read_documents([tmp_path])] == ["por_Latn"] * 2
+    warned = [record for record in caplog.records if "language por_Latn" in record.getMessage()]
+    assert len(warned) == 1 and "a new language, or a typo?" in warned[0].getMessage()
 
 
 def test_files_are_read_in_pieces(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -456,12 +480,12 @@ def test_tokenizer_sample_is_bounded_and_from_the_training_split(
 
     calls = []
 
-    def spy(documents, *args, **kwargs):
+    def spy(config, documents, *args, **kwargs):
         calls.append(list(documents))
-        return real(documents, *args, **kwargs)
+        return real(config, documents, *args, **kwargs)
 
-    real = prepare_module.train_tokenizer
-    monkeypatch.setattr(prepare_module, "train_tokenizer", spy)
+    real = prepare_module.train_for_config
+    monkeypatch.setattr(prepare_module, "train_for_config", spy)
     manifest = prepare(corpus, tmp_path / "out", "tokenizer.sample_bytes=600")
     prepare(corpus, tmp_path / "again", "tokenizer.sample_bytes=600")
     first, second = calls

@@ -31,6 +31,7 @@ from pretrain.data.tokenizer import (
     SPECIAL_TOKENS,
     config_documents,
     encode_document,
+    language_quotas,
     language_shares,
     load_tokenizer,
     make_pre_tokenizer,
@@ -374,3 +375,27 @@ def test_siyada_beats_generic_on_tamazight_latin_and_french_when_trained_on_them
     assert changes["tzm_Latn"] < -0.005 and changes["fra_Latn"] < -0.005, changes
     assert all(change < 0.02 for change in changes.values()), changes
     assert changes["zgh_Tfng"] < 0.01, changes
+
+
+def test_a_small_language_is_repeated_at_most_max_repeats_times_in_the_sample():
+    """Issue 18.21: at temperature 3 a language of a few kilobytes took ~18% of the sample,
+    repeated ~36 times, which costs a large language its merges for no new words. Capped
+    (UniMax), the unused share goes to the large language instead."""
+    large = [Document(f"phrase numero {i} de la langue majoritaire", "fra_Latn", "a")
+             for i in range(5000)]
+    small = [Document(f"ⴰⵣⵓⵍ {i}", "zgh_Tfng", "b") for i in range(100)]
+    sizes = {lang: sum(len(d.text.encode()) for d in docs)
+             for lang, docs in (("fra_Latn", large), ("zgh_Tfng", small))}
+
+    def repeats(sample: list[Document], lang: str) -> float:
+        return sum(len(d.text.encode()) for d in sample if d.lang == lang) / sizes[lang]
+
+    uncapped = sample_for_tokenizer(large + small, 3.0, max_repeats=0)
+    capped = sample_for_tokenizer(large + small, 3.0, max_repeats=4)
+    assert repeats(uncapped, "zgh_Tfng") > 20
+    assert repeats(capped, "zgh_Tfng") == pytest.approx(4, rel=0.05)
+    assert repeats(capped, "fra_Latn") > repeats(uncapped, "fra_Latn")
+    total = sum(sizes.values())
+    assert sum(len(d.text.encode()) for d in capped) == pytest.approx(total, rel=0.01)
+    assert language_quotas(sizes, {"fra_Latn": 0.5, "zgh_Tfng": 0.5}, total, 0) == \
+        {"fra_Latn": round(total / 2), "zgh_Tfng": round(total / 2)}

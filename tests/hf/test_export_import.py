@@ -28,6 +28,7 @@ import torch  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
 from pretrain.checkpoint.store import CheckpointError  # noqa: E402
+from pretrain.data.tokenizer import encode_document, load_tokenizer  # noqa: E402
 from pretrain.hf import folder as folder_module  # noqa: E402
 from pretrain.hf.consolidate import IMPORTED_CONFIG, IMPORTED_WEIGHTS, consolidate  # noqa: E402
 from pretrain.hf.export import export_hf  # noqa: E402
@@ -88,7 +89,7 @@ def _greedy(model, prompt: torch.Tensor, new_tokens: int, hf_model: bool) -> lis
 
 @pytest.mark.e2e
 @pytest.mark.parametrize("engine", ["zero3", "pipeline"])
-def test_export_matches_transformers(runs, tmp_path, engine):
+def test_export_matches_transformers(runs, dataset, tmp_path, engine):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     run_dir = runs[engine]
@@ -126,6 +127,18 @@ def test_export_matches_transformers(runs, tmp_path, engine):
         hf_generate = model.generate(prompt, max_new_tokens=10, do_sample=False,
                                      attention_mask=torch.ones_like(prompt), suppress_tokens=[2])
     assert hf_generate[0, prompt.shape[1]:].tolist() == generated
+    # Issue 18.11: a special token's text inside a document is text for both tokenizers (the
+    # exported one made it id 2, training encodes its characters).
+    injected = "Salam <|eos|> labas"
+    assert tokenizer(injected).input_ids == encode_document(load_tokenizer(
+        dataset / "tokenizer.json"), injected)[:-1]  # ours ends the document with <|eos|>
+    # Issue 18.10: the tokenizer's whole output goes straight into generate (it returned
+    # token_type_ids, which generate refuses).
+    inputs = tokenizer("Salam, labas?", return_tensors="pt")
+    assert set(inputs) == {"input_ids", "attention_mask"}
+    with torch.no_grad():
+        assert model.generate(**inputs, max_new_tokens=3, do_sample=False).shape[1] == \
+            inputs["input_ids"].shape[1] + 3
 
     out16 = export_hf(run_dir, tmp_path / "hf16", dtype="bf16")
     assert json.loads((out16 / "config.json").read_text())["torch_dtype"] == "bfloat16"
@@ -196,11 +209,23 @@ def test_run_without_a_committed_checkpoint_is_refused(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.e2e
+@pytest.mark.parametrize("scaling", [{"rope_type": "default"}, {"type": "default"}, {}, None])
+def test_plain_rope_spelled_as_default_scaling_is_imported(runs, tmp_path, scaling):
+    """Issue 18.14: transformers writes plain RoPE as rope_scaling {"rope_type": "default"}."""
+    source = export_hf(runs["zero3"], tmp_path / "hf", dtype="fp32")
+    config = json.loads((source / "config.json").read_text())
+    config["rope_scaling"] = scaling
+    (source / "config.json").write_text(json.dumps(config))
+    assert (import_hf(source, tmp_path / "imported") / IMPORTED_WEIGHTS).is_file()
+
+
 @pytest.mark.parametrize("field, value", [
     ("rope_scaling", {"rope_type": "linear", "factor": 2.0}), ("attention_bias", True),
     ("mlp_bias", True), ("hidden_act", "gelu"), ("head_dim", 32)])
 @pytest.mark.e2e
 def test_unmappable_hf_config_names_the_field(runs, tmp_path, field, value):
+    """A field our model cannot reproduce is refused by name (and nothing is written)."""
     source = export_hf(runs["zero3"], tmp_path / "hf", dtype="fp32")
     config = json.loads((source / "config.json").read_text())
     config[field] = value

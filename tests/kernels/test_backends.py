@@ -63,3 +63,20 @@ def test_every_norm_backend_offers_both_functions(name):
     normed, summed = module.add_rms_norm(x, residual, weight, 1e-5)
     torch.testing.assert_close(summed, x + residual)
     torch.testing.assert_close(normed, module.rms_norm(x + residual, weight, 1e-5))
+
+
+def test_a_head_dim_the_kernel_cannot_run_is_refused_for_it_and_auto_falls_back(capsys):
+    """Issue 18.12: head dim 80 (d_model 320, 4 heads) passed the config and failed at the first
+    forward on a GPU. Now: triton refuses it at config time; auto takes sdpa, saying so once."""
+    shape = ["model.d_model=320", "model.n_heads=4"]
+    with pytest.raises(ConfigError, match=r"triton runs head dims 16, 32, 64, 128, 256.*= 80"):
+        load_config(None, [*shape, "model.attention_impl=triton"])
+    assert load_config(None, [*shape, "model.attention_impl=auto"]).model.head_dim == 80
+    picks = [backends.resolve("auto", on_cuda=True, auto=backends.AUTO_ATTENTION, head_dim=dim)
+             for dim in (80, 80, 128)]
+    assert picks == (["sdpa", "sdpa", "triton"] if backends.triton_installed()
+                     else ["sdpa"] * 3)
+    if backends.triton_installed():
+        assert capsys.readouterr().out.count("not 80; using sdpa") == 1
+    cfg = ModelConfig(d_model=320, n_heads=4, attention_impl="auto")
+    assert attention_kind(cfg) == "sdpa-masked"  # what the planner counts for it

@@ -23,6 +23,7 @@ from pretrain.scaling.fit import (
     read_table,
     summarize,
 )
+from pretrain.scaling.report import ColumnFit, describe_fit
 from tests.paths import SHARED_DATA
 
 CHINCHILLA = SHARED_DATA / "scaling" / "chinchilla_fig4_epoch_extraction.csv"
@@ -234,3 +235,21 @@ def test_bad_tables_are_input_errors(tmp_path: Path, table: str, message: str) -
     with pytest.raises(InputError, match=message) as caught:
         read_table(path)
     assert str(caught.value).startswith(str(path))
+
+
+def test_extrapolated_isoflop_minima_are_flagged_and_the_exponents_given_without_them():
+    """Issue 18.20: approach 2 fitted through minima outside the sizes trained without a word.
+    One budget here has only sizes below its optimum: its minimum is extrapolated; the report
+    says so and gives the exponents with and without it."""
+    runs = isoflop_runs(noise=0.0)
+    last = runs.C >= runs.C.max() / 1.01  # the largest budget: keep its 4 smallest sizes only
+    keep = ~last | (runs.N <= np.sort(runs.N[last])[3])
+    trimmed = Observations(N=runs.N[keep], D=runs.D[keep], loss=runs.loss[keep])
+    fit = isoflop_minima(trimmed)
+    assert [minimum.extrapolated for minimum in fit.minima] == [False] * 8 + [True]
+    assert fit.without_extrapolated is not None
+    clean = isoflop_minima(Observations(N=runs.N[~last], D=runs.D[~last], loss=runs.loss[~last]))
+    assert fit.without_extrapolated == pytest.approx((clean.a, clean.b))
+    column = ColumnFit(trimmed, bootstrap(trimmed, 4, 0, n_starts=2), fit, None)
+    text = describe_fit("loss", column, [])
+    assert "1 of them extrapolated" in text and f"C^{clean.a:.3f}" in text

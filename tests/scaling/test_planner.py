@@ -32,6 +32,7 @@ from pretrain.scaling.planner import (
     estimate_throughput,
     fits,
     format_plan,
+    global_batch,
     largest_module_params,
     layer_activation_bytes,
     partition_balanced,
@@ -446,3 +447,19 @@ def test_format_plan():
     assert len([line for line in text.splitlines() if line.startswith("    ")]) == 8  # stages
     fitting = format_plan(plan_memory(llama3_8b("full"), 1, 8))
     assert "fits on h100-80gb" in fitting and f"of {H100.memory_bytes / GIB:.1f}" in fitting
+
+
+def test_a_suggestion_keeps_the_planned_global_batch():
+    """Issue 18.19: the 70B pipeline's "fits on ..." answer turned 256 sequences a step into 64
+    without saying so. Given the planned layout's batch, it keeps it (other accumulation)."""
+    config = llama3_70b_pipeline()
+    planned = global_batch(config, 64)
+    assert planned == 256 and not fits(plan_memory(config, 8, 8, "h100-80gb"))
+    kept = suggest_layout(config, "h100-80gb", 8, max_nodes=16, sequences=planned)
+    assert kept.config is not None and kept.memory is not None
+    assert global_batch(kept.config, kept.memory.world_size) == 256
+    assert "global batch 256 sequences" in kept.message
+    grown = suggest_layout(config, "h100-80gb", 8, max_nodes=16)
+    assert grown.config is not None and grown.memory is not None
+    if global_batch(grown.config, grown.memory.world_size) != 256:
+        assert "not the configured" in grown.message

@@ -298,7 +298,9 @@ def test_the_warning_before_the_time_limit_saves_and_requeues(jobs, slurm_env):
     # (the run then saves step 1 and comes back again), so count requeues rather than expect one.
     restarts = int(record["Restarts"])
     assert record["JobState"] == "COMPLETED" and restarts >= 1, log[-4000:]
-    assert log.count("USR1 received: the ranks save a checkpoint") == restarts
+    # Every incarnation but the last got the warning, and saved; the last one may get it too,
+    # after it finished (issue 18.22: a busy machine), and then still ends with status 0.
+    assert log.count("USR1 received: the ranks save a checkpoint") in (restarts, restarts + 1)
     assert len(re.findall(r"\[requeue\] SIGUSR1 received: saved step \d", log)) == restarts
     assert "[checkpoint] resumed from step 2" in log
     assert len(losses(run_dir)) == 4

@@ -3,9 +3,14 @@
 Each run is its own process, as a restarted job would be.
 """
 
+import contextlib
 import json
+import shlex
+import shutil
 import signal
 import subprocess
+import sys
+import threading
 import time
 from pathlib import Path
 
@@ -13,8 +18,19 @@ import pytest
 
 from pretrain.checkpoint.store import LATEST, checkpoint_root, find_resumable
 from pretrain.slurm.signals import REQUEUE_EXIT_CODE
+from pretrain.slurm.submit import RANK_LAUNCHER
 from pretrain.train.metrics import read_metrics
-from tests.cli_runs import TINY, command, environment, losses, ok, prepare_dataset, pretrain
+from tests.cli_runs import (
+    TINY,
+    catches,
+    command,
+    environment,
+    losses,
+    ok,
+    prepare_dataset,
+    pretrain,
+    signal_bit,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -138,14 +154,6 @@ def test_both_engines_train_alike_with_our_triton_kernels(dataset, tmp_path):
         assert curves[name] == pytest.approx(curves["pytorch"], rel=1e-5), name
 
 
-def catches(pid: int, sig: signal.Signals) -> bool:
-    """Whether process `pid` has a handler installed for `sig` (its SigCgt mask)."""
-    status = Path(f"/proc/{pid}/status").read_text()
-    caught = int(next(line.split()[1] for line in status.splitlines()
-                      if line.startswith("SigCgt:")), 16)
-    return bool(caught >> (sig - 1) & 1)
-
-
 def test_a_warning_during_start_up_saves_at_the_first_step(dataset, tmp_path):
     # Slurm's warning can come while a rank is still importing torch and DeepSpeed, before the
     # loop's StopWatch exists: the rank must save and ask for a requeue, not die of SIGUSR1.
@@ -165,3 +173,134 @@ def test_a_warning_during_start_up_saves_at_the_first_step(dataset, tmp_path):
     assert "SIGUSR1 received while starting" in stderr
     folder, meta = find_resumable(run_dir)
     assert meta["step"] == 1 and len(losses(run_dir)) == 1
+
+
+def hammer(process: subprocess.Popen, sig: signal.Signals, every_s: float) -> threading.Thread:
+    """Send `sig` to the process every `every_s` seconds until it exits: whatever moment is
+    fragile, some signal lands in it."""
+    def send() -> None:
+        while process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(sig)
+            time.sleep(every_s)
+
+    thread = threading.Thread(target=send, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_a_finished_run_exits_0_whatever_arrives_after_it(dataset, tmp_path):
+    """Issue 18.4: stop signals after `[done]` (the job's end, a late time-limit warning) are
+    ignored until the process is gone. They used to kill it during interpreter shutdown, which
+    puts back the default action of every signal with a Python handler (status 138)."""
+    for attempt in range(3):
+        run_dir = tmp_path / f"run{attempt}"
+        process = subprocess.Popen(
+            command("train", *TINY, f"data.dataset={dataset}", f"run.dir={run_dir}",
+                    "train.max_steps=2", "eval.enabled=false"),
+            cwd=tmp_path, env=environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            text=True)
+        assert process.stdout is not None
+        for line in process.stdout:
+            if line.startswith("[done]"):
+                hammer(process, signal.SIGUSR1, every_s=0.001)
+                break
+        output = process.communicate(timeout=120)[0]
+        assert process.returncode == 0, output[-2000:]
+
+
+def test_the_rank_launcher_keeps_an_early_signal_from_killing_the_rank(tmp_path):
+    """Issue 18.4: a signal in a rank's first milliseconds, before Python has a handler. Under
+    the sbatch script's rank launcher it is ignored (the bad config then gives its status 2);
+    without it the rank dies of the signal (the control)."""
+    rank = [sys.executable, "-m", "pretrain", "train", "--config", str(tmp_path / "none.yaml")]
+    launched = subprocess.Popen([*shlex.split(RANK_LAUNCHER), *rank], cwd=tmp_path,
+                                env=environment(), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while not signal_bit(launched.pid, "SigIgn", signal.SIGUSR1):  # the launcher's first act
+        assert time.monotonic() < deadline and launched.poll() is None
+        time.sleep(0.0005)
+    hammer(launched, signal.SIGUSR1, every_s=0.001)  # from then on, through Python's start
+    stderr = launched.communicate(timeout=120)[1]
+    assert launched.returncode == 2 and "config file not found" in stderr, stderr[-2000:]
+    bare = subprocess.Popen(rank, cwd=tmp_path, env=environment(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    hammer(bare, signal.SIGUSR1, every_s=0.001)
+    bare.communicate(timeout=120)
+    assert bare.returncode == -signal.SIGUSR1  # the window the launcher closes
+
+
+def test_no_progress_bar_goes_to_a_log_file(dataset, tmp_path):
+    """Issue 18.9: with stdout and stderr a file or a pipe (a Slurm .out file), tqdm wrote a
+    carriage-return update every step; the log gets the periodic log lines only."""
+    result = ok(pretrain("train", *TINY, "logging.progress_bar=true", "logging.log_interval=2",
+                         f"data.dataset={dataset}", f"run.dir={tmp_path / 'run'}",
+                         "train.max_steps=6", "eval.enabled=false", cwd=tmp_path))
+    assert "\r" not in result.stdout + result.stderr
+    assert "step 6/6" in result.stdout
+
+
+@contextlib.contextmanager
+def read_only(folder: Path):
+    """`folder` read-only for everyone, root included (a read-only bind mount), if this machine
+    lets us mount; otherwise as it is (the caller then checks that nothing changed)."""
+    mounted = subprocess.run(["mount", "--bind", str(folder), str(folder)],
+                             capture_output=True).returncode == 0
+    try:
+        if mounted:
+            subprocess.run(["mount", "-o", "remount,ro,bind", str(folder)], check=True,
+                           capture_output=True)
+        yield mounted
+    finally:
+        if mounted:
+            subprocess.run(["umount", str(folder)], check=True, capture_output=True)
+
+
+def test_a_finished_run_writes_nothing_when_asked_again(dataset, tmp_path):
+    """Issue 18.16: `pretrain train` on a run that is done rewrote config.yaml first, so a
+    read-only run directory gave a raw OSError; now nothing is built or written."""
+    run_dir = tmp_path / "run"
+    args = ("train", *TINY, f"data.dataset={dataset}", f"run.dir={run_dir}", "train.max_steps=3")
+    ok(pretrain(*args, cwd=tmp_path))
+    before = {path: (path.stat().st_mtime_ns, path.read_bytes())
+              for path in run_dir.rglob("*") if path.is_file()}
+    with read_only(run_dir):
+        again = ok(pretrain(*args, cwd=tmp_path))
+    assert "already reached step 3; nothing to do" in again.stdout
+    assert "Traceback" not in again.stderr
+    assert {path: (path.stat().st_mtime_ns, path.read_bytes())
+            for path in run_dir.rglob("*") if path.is_file()} == before
+
+
+def test_a_corrupt_dataset_is_named_before_training(dataset, tmp_path):
+    """Issue 18.8: training checked shard sizes only. Now every file is hashed against the
+    manifest once (the ranks split it; kept by size and mtime), a flipped byte names its shard,
+    and a hand-edited tokenizer hash in the manifest is refused."""
+    def run(data: Path, name: str) -> subprocess.CompletedProcess:
+        return pretrain("train", *TINY, f"data.dataset={data}", f"run.dir={tmp_path / name}",
+                        "train.max_steps=2", "eval.enabled=false", cwd=tmp_path)
+
+    def copy(name: str) -> Path:  # without what other tests' runs recorded as verified
+        return Path(shutil.copytree(dataset, tmp_path / name,
+                                    ignore=shutil.ignore_patterns(".verified.json")))
+
+    clean = copy("clean")
+    first, second = ok(run(clean, "a")), ok(run(clean, "b"))
+    assert "[data] verified" in first.stdout and "[data] verified" not in second.stdout
+
+    flipped = copy("flipped")
+    shard = max(flipped.rglob("shard.*.mds"), key=lambda path: path.stat().st_size)
+    content = bytearray(shard.read_bytes())
+    content[len(content) // 2] ^= 1
+    shard.write_bytes(bytes(content))
+    refused = run(flipped, "c")
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert f"{shard}: dataset file does not match its sha256" in refused.stderr
+
+    edited = copy("edited")
+    manifest = json.loads((edited / "manifest.json").read_text())
+    manifest["tokenizer"]["sha256"] = "0" * 64
+    (edited / "manifest.json").write_text(json.dumps(manifest))
+    refused = run(edited, "d")
+    assert refused.returncode == 2 and "records tokenizer sha256 000000000000" in refused.stderr
