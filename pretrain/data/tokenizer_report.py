@@ -157,7 +157,7 @@ def report_for_config(config: Config, real_text: Path, output: Path) -> dict[str
     settings = config.tokenizer
     baseline = train_tokenizer(documents, ours.get_vocab_size(), "generic",
                                settings.language_temperature, settings.sample_bytes,
-                               config.train.seed)
+                               config.train.seed, settings.max_repeats)
     report = {"ours": config.tokenizer.path or f"{settings.pretokenizer} pre-tokenizer",
               "baseline": "generic (GPT-2) pre-tokenizer", "training_corpus": config.data.corpus,
               "real_text": str(real_text), **tokenizer_report(ours, baseline, eval_sets)}
