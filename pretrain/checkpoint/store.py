@@ -175,9 +175,17 @@ def _record_files(folder: Path, topology: Topology, checksums: bool) -> dict[str
         mine[name] = {"size": path.stat().st_size}
         if checksums:
             mine[name]["sha256"] = sha256_file(path)
-    shares: list[dict] = [{} for _ in range(topology.world_size)]
-    dist.all_gather_object(shares, mine)
-    return {name: record for share in shares for name, record in sorted(share.items())}
+    return {name: record for share in _from_every_rank(mine, topology)
+            for name, record in sorted(share.items())}
+
+
+def _from_every_rank(value: Any, topology: Topology | None) -> list[Any]:
+    """Every rank's `value`, in rank order (a collective; just ours without a process group)."""
+    if topology is None or not dist.is_initialized():
+        return [value]
+    values: list[Any] = [None] * topology.world_size
+    dist.all_gather_object(values, value)
+    return values
 
 
 def save(engine: Any, run_dir: Path, step: int, client_state: dict[str, Any],
@@ -230,9 +238,7 @@ def _agree(failure: str | None, topology: Topology, folder: Path,
            previous: list[Path]) -> None:
     """Every rank learns whether a save failed anywhere; then all raise the same error, with
     the half-written folder removed (the checkpoint before it is untouched)."""
-    failures: list[str | None] = [None] * topology.world_size
-    dist.all_gather_object(failures, failure)
-    reasons = [reason for reason in failures if reason is not None]
+    reasons = [reason for reason in _from_every_rank(failure, topology) if reason is not None]
     if not reasons:
         return
     if topology.is_main:
@@ -326,16 +332,14 @@ def verify(folder: Path, checksums: bool = False,
         elif path.stat().st_size != meta["files"][name]["size"]:
             problems.append(f"file {name} has {path.stat().st_size} bytes, expected "
                             f"{meta['files'][name]['size']}")
-    shared = topology is not None and dist.is_initialized()
     if checksums and not problems:
+        shared = topology is not None and dist.is_initialized()
         mine = names[topology.rank::topology.world_size] if shared and topology else names
         problems += [f"file {name} does not match its sha256" for name in mine
                      if "sha256" in meta["files"][name]
                      and sha256_file(folder / name) != meta["files"][name]["sha256"]]
-    if shared and topology is not None:
-        verdicts: list[list[str]] = [[] for _ in range(topology.world_size)]
-        dist.all_gather_object(verdicts, problems)
-        problems = sorted({problem for verdict in verdicts for problem in verdict})
+    problems = sorted({problem for verdict in _from_every_rank(problems, topology)
+                       for problem in verdict})
     if problems:
         more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
         raise CheckpointError(f"{folder}: {problems[0]}{more}")
@@ -412,14 +416,9 @@ def load(engine: Any, folder: Path, topology: Topology,
         if failure is None and rng_file.is_file():
             _restore_rng(torch.load(rng_file, weights_only=False))
     except Exception as error:  # a damaged file fails in zip, pickle or torch code, any type
-        failure = f"{type(error).__name__}: {(str(error).splitlines() or [''])[0][:200]}"
+        failure = _one_line(error)
     # Every rank learns whether any failed: one that went on alone would wait for ever.
-    failures: list[str | None] = [None] * topology.world_size
-    if dist.is_initialized():
-        dist.all_gather_object(failures, failure)
-    else:
-        failures = [failure]
-    reasons = [reason for reason in failures if reason is not None]
+    reasons = [reason for reason in _from_every_rank(failure, topology) if reason is not None]
     if reasons:
         raise CheckpointError(f"{source}: cannot be loaded ({reasons[0]})")
     return client_state

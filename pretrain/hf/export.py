@@ -91,12 +91,13 @@ def _final_validation(source: Path, step: int | None) -> dict[str, dict[str, flo
     """{lang or "(all)": {loss, bpb}} of the run's last evaluation at or before `step`."""
     if not RunDir.is_step_folder(source):
         return {}
-    rows = [row for row in read_metrics(RunDir.of_checkpoint(source).metrics)
-            if validation_by_language(row) and (step is None or row.get("step", 0) <= step)]
-    if not rows:
+    evaluations = [found for row in read_metrics(RunDir.of_checkpoint(source).metrics)
+                   if (step is None or row.get("step", 0) <= step)
+                   and (found := validation_by_language(row))]
+    if not evaluations:
         return {}
     return {language: {name: value for name, value in metrics.items() if name in ("loss", "bpb")}
-            for language, metrics in validation_by_language(rows[-1]).items()}
+            for language, metrics in evaluations[-1].items()}
 
 
 def model_card(config: Config, meta: dict[str, Any] | None, manifest: dict[str, Any] | None,

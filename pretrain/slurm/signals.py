@@ -77,7 +77,7 @@ REQUEUE_EXIT_CODE = 75
 STOP_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)
 
 
-def _interrupt_again(signum: int, frame: FrameType | None, earlier: Iterable[str]) -> None:
+def _interrupt_again(signum: int, earlier: Iterable[str]) -> None:
     """A second Ctrl-C: the person at the terminal wants out now, not at the next step."""
     if signum == signal.SIGINT and "SIGINT" in earlier:
         signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -175,7 +175,7 @@ def hold_stop_signals(signals: Iterable[signal.Signals] = STOP_SIGNALS) -> None:
     starts from what was held here, so the run saves at its first step boundary.
     """
     def hold(signum: int, frame: FrameType | None) -> None:
-        _interrupt_again(signum, frame, (name for name, _ in _held))
+        _interrupt_again(signum, (name for name, _ in _held))
         _held.append((signal.Signals(signum).name, time.monotonic()))
         os.write(2, f"[signals] {signal.Signals(signum).name} received while starting: saving "
                     "at the first step boundary\n".encode())
@@ -243,7 +243,7 @@ class StopWatch:
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         """Signal handler: record, write one line to stderr, return. Raises only on a second
         SIGINT (KeyboardInterrupt: Ctrl-C twice stops at once)."""
-        _interrupt_again(signum, frame, self._names)
+        _interrupt_again(signum, self._names)
         self._names.append(signal.Signals(signum).name)
         try:
             self.signal_count += 1
