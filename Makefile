@@ -16,7 +16,7 @@ export DS_BUILD_OPS := 0
 # DeepSpeed compiles a small CPU communication op on first use (~40 s); keep it between runs.
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
 
-.PHONY: demo test test-fast lint lock clean slurm-up slurm-down gpu-check
+.PHONY: demo test test-fast lint lock clean slurm-up slurm-down gpu-check lid-model
 
 demo: $(STAMP)
 	$(BIN)/pretrain train
@@ -54,6 +54,17 @@ slurm-up:
 
 slurm-down:
 	slurm/local/stop.sh
+
+# The bundled language-ID model (pretrain/data/lid_model/): trained only on text the package may
+# ship, the sample corpus (written for this project) and the public-domain UDHR (read from
+# ../shared/data, never copied). DODa is CC BY-NC: it is used to measure (bench/lid.py), not here.
+REAL_TEXT ?= ../shared/data/real-text
+lid-model: $(STAMP)
+	$(BIN)/pretrain lid train --output pretrain/data/lid_model \
+	  $(foreach f,$(sort $(wildcard pretrain/data/sample_corpus/*.jsonl)),--data $(f)) \
+	  --text arb_Arab=$(REAL_TEXT)/udhr_arb.txt --text eng_Latn=$(REAL_TEXT)/udhr_eng.txt \
+	  --text fra_Latn=$(REAL_TEXT)/udhr_fra.txt --text tzm_Latn=$(REAL_TEXT)/udhr_tzm.txt \
+	  --text zgh_Tfng=$(REAL_TEXT)/udhr_zgh.txt
 
 # Re-record the resolved versions after changing dependencies in the venv by hand.
 lock:

@@ -218,6 +218,36 @@ class DataConfig:
 
 
 @dataclass
+class LidConfig:
+    """Language identification (pretrain/data/lid.py): script first, then a fastText model.
+
+    A document's outcome is its main language, `mixed` (code-switched: no language holds
+    `mixed_below` of its letters while another holds `min_share`), or `und` (no letters, a
+    script no model covers, or a confidence under the language's threshold).
+    """
+
+    # Empty: the bundled model. Else a folder written by `pretrain lid train` (lid.json + one
+    # model per script), or one fastText .bin/.ftz for every script (GlotLID's model_v3.bin)
+    # whose labels `label_map` renames to ours; unmapped labels keep their name.
+    model: str = ""
+    label_map: dict[str, str] = field(default_factory=dict)  # model label -> our label
+    min_confidence: dict[str, float] = field(default_factory=dict)  # per language
+    default_min_confidence: float = 0.0  # for languages not in min_confidence
+    mixed_below: float = 0.6
+    min_share: float = 0.2
+    min_segment_letters: int = 12  # shorter sentences join their neighbour for code-switching
+
+    def validate(self, prefix: str = "lid") -> None:
+        for name in ("default_min_confidence", "mixed_below", "min_share"):
+            value = getattr(self, name)
+            _require(0 <= value <= 1, f"{prefix}.{name}", f"must be in [0, 1], got {value}")
+        for lang, value in self.min_confidence.items():
+            _require(0 <= value <= 1, f"{prefix}.min_confidence.{lang}",
+                     f"must be in [0, 1], got {value}")
+        _require_not_negative(self, prefix, "min_segment_letters")
+
+
+@dataclass
 class ParallelConfig:
     """How the model is spread over ranks. See pretrain/parallel/ and the README.
 
@@ -406,6 +436,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    lid: LidConfig = field(default_factory=LidConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
