@@ -248,6 +248,135 @@ class LidConfig:
 
 
 @dataclass
+class FilterRules:
+    """One language's quality rules (pretrain/data/quality.py runs them through datatrove).
+
+    Gopher (Rae et al. 2021, table A1) repetition and quality rules, C4's line rules, FineWeb's
+    rules, in FineWeb's order. Words are counted by script-aware rules (Arabic with its clitics
+    and harakat, Arabizi with its digits, Tifinagh), never by an English tokenizer, and each
+    language has its own stop words.
+    """
+
+    gopher_repetition: bool = True
+    gopher_quality: bool = True
+    min_doc_words: int = 50
+    max_doc_words: int = 100_000
+    min_avg_word_length: float = 3.0
+    max_avg_word_length: float = 10.0
+    max_symbol_word_ratio: float = 0.1  # "#" or "..." per word
+    max_bullet_lines_ratio: float = 0.9
+    max_ellipsis_lines_ratio: float = 0.3
+    min_alpha_words_ratio: float = 0.8  # words with a letter (Arabizi digits inside words count)
+    stop_words: list[str] = field(default_factory=list)
+    min_stop_words: int = 2  # ignored when stop_words is empty
+    c4: bool = True
+    c4_min_words_per_line: int = 3
+    c4_min_sentences: int = 5
+    c4_terminal_punctuation: bool = False  # off, as FineWeb found it removes too much
+    policy_lines: bool = True  # drop cookie/terms/copyright lines (French, Arabic, English)
+    fineweb: bool = True
+    line_punct_thr: float = 0.12  # FineWeb: share of lines ending in terminal punctuation
+    short_line_thr: float = 0.67
+    short_line_length: int = 30
+    char_dup_ratio: float = 0.01
+    new_line_ratio: float = 0.3
+
+    def validate(self, prefix: str) -> None:
+        _require_not_negative(self, prefix, "min_doc_words", "max_doc_words", "min_stop_words",
+                              "c4_min_words_per_line", "c4_min_sentences", "short_line_length")
+        for name in ("max_symbol_word_ratio", "max_bullet_lines_ratio", "line_punct_thr",
+                     "max_ellipsis_lines_ratio", "min_alpha_words_ratio", "short_line_thr",
+                     "char_dup_ratio", "new_line_ratio"):
+            value = getattr(self, name)
+            _require(0 <= value <= 1, f"{prefix}.{name}", f"must be in [0, 1], got {value}")
+        _require(self.min_avg_word_length <= self.max_avg_word_length,
+                 f"{prefix}.min_avg_word_length", "must not exceed max_avg_word_length")
+
+
+def _informal(stop_words: list[str], **changes: Any) -> FilterRules:
+    """Rules for languages written mostly in comments, posts and short pages, and scarce:
+    short documents kept, one sentence enough, no punctuation share asked."""
+    return FilterRules(stop_words=stop_words, min_doc_words=20, c4_min_sentences=1,
+                       line_punct_thr=0.0, **changes)
+
+
+def default_filter_rules() -> dict[str, FilterRules]:
+    """Each target language's rules; stop words are its most frequent function words."""
+    return {
+        "eng_Latn": FilterRules(stop_words=["the", "be", "to", "of", "and", "that", "have",
+                                            "with"]),
+        "fra_Latn": FilterRules(stop_words=["le", "la", "les", "de", "des", "du", "et", "un",
+                                            "une", "est", "que", "qui", "dans", "pour", "pas"]),
+        "arb_Arab": FilterRules(min_doc_words=30, stop_words=[
+            "في", "من", "على", "إلى", "أن", "عن", "التي", "الذي", "هذا", "هذه", "مع", "كان", "لا",
+            "أو", "ما"]),
+        "ary_Arab": _informal(["ديال", "في", "من", "على", "هاد", "واش", "راه", "ما", "بزاف", "شي",
+                               "غير", "لي", "مع", "حتى", "كاين"]),
+        "ary_Latn": _informal(["f", "w", "o", "dyal", "mn", "men", "3la", "had", "wach", "rah",
+                               "ma", "bzaf", "chi", "ghir", "li", "m3a"],
+                              min_avg_word_length=2.0),
+        "tzm_Latn": _informal(["d", "n", "s", "ad", "i", "di", "ghur", "ur", "ma", "deg", "u",
+                               "ɣer", "g"], min_avg_word_length=2.0),
+        "zgh_Tfng": _informal(["ⵏ", "ⴷ", "ⴰⴷ", "ⵢⴰⵏ", "ⴽⵓ", "ⵖ", "ⵙ", "ⵓⵔ", "ⴳ", "ⵏⵏⴰ", "ⵍⵍⵉ"],
+                              min_avg_word_length=2.0),
+    }
+
+
+@dataclass
+class QualityConfig:
+    """Quality filters by language: `languages.<lang>` are FilterRules (any field can be set,
+    e.g. quality.languages.ary_Arab.min_doc_words=10); a language not listed gets `default`."""
+
+    enabled: bool = True
+    default: FilterRules = field(default_factory=FilterRules)
+    languages: dict[str, FilterRules] = field(default_factory=default_filter_rules)
+
+    def rules(self, lang: str) -> FilterRules:
+        return self.languages.get(lang, self.default)
+
+    def validate(self, prefix: str = "quality") -> None:
+        self.default.validate(f"{prefix}.default")
+        for lang, rules in self.languages.items():
+            rules.validate(f"{prefix}.languages.{lang}")
+
+
+TARGET_LANGUAGES = ["arb_Arab", "ary_Arab", "ary_Latn", "fra_Latn", "eng_Latn", "zgh_Tfng",
+                    "tzm_Latn"]
+HtmlMode = Literal["auto", "never"]
+
+
+@dataclass
+class CurateConfig:
+    """`pretrain curate` (pretrain/data/curate.py): raw text in, tagged clean jsonl out.
+
+    read -> normalize -> language ID (`lid`) -> quality filters (`quality`) -> PII scrubbing ->
+    exact/near dedup -> `<output>/data/<lang>/<source>.jsonl.gz`, which `pretrain prepare`
+    reads (set data.corpus to it), plus curation.json and DATA_CARD.md / data_card.json.
+    """
+
+    # files or folders, comma-separated: jsonl(.gz), parquet, txt, warc(.gz), wet(.gz); "sample":
+    # a small raw crawl made from the sample corpus (pretrain/data/sample_web.py)
+    input: str = "sample"
+    output: str = "curated"  # the curated folder
+    languages: list[str] = field(default_factory=lambda: list(TARGET_LANGUAGES))  # [] = all
+    keep_mixed: bool = True  # a code-switched document is kept under its main language
+    html: str = choice(HtmlMode, "auto")  # auto: HTML (WARC responses, an `html` field) -> text
+    pii: bool = True
+    dedup: str = choice(DedupMode, "near")
+    near_dup_threshold: float = 0.8
+    workers: int = 0  # processes; 0 = one per CPU core
+    on_bad_document: str = choice(BadDocumentPolicy, "skip")  # web input: count and go on
+    licences: dict[str, str] = field(default_factory=dict)  # source -> licence, for the card
+    name: str = ""  # the dataset's name in the card (default: the output folder's name)
+
+    def validate(self, prefix: str = "curate") -> None:
+        _check_choices(self, prefix)
+        _require(0 < self.near_dup_threshold <= 1, f"{prefix}.near_dup_threshold",
+                 f"must be in (0, 1], got {self.near_dup_threshold}")
+        _require_not_negative(self, prefix, "workers")
+
+
+@dataclass
 class ParallelConfig:
     """How the model is spread over ranks. See pretrain/parallel/ and the README.
 
@@ -437,6 +566,8 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     lid: LidConfig = field(default_factory=LidConfig)
+    quality: QualityConfig = field(default_factory=QualityConfig)
+    curate: CurateConfig = field(default_factory=CurateConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

@@ -1,4 +1,4 @@
-"""`pretrain prepare`, `pretrain tokenizer train|report`, `pretrain lid train|eval|identify`."""
+"""The data commands: prepare, curate, tokenizer train|report, lid train|eval|identify."""
 
 from __future__ import annotations
 
@@ -26,6 +26,20 @@ def prepare(args: argparse.Namespace) -> None:
           + ", ".join(f"{count:,} {reason.replace('_', ' ')}" for reason, count in removed.items())
           + f"; skipped {skipped:,} bad inputs"
           + (f"; uploaded to {config.data.output}" if config.data.output else ""))
+
+
+def curate(args: argparse.Namespace) -> None:
+    """curate raw web text: language ID, quality filters, PII scrubbing, dedup, a data card"""
+    from pretrain.data.curate import curate as run_curation
+
+    config = config_from_args(args)
+    summary = run_curation(config)
+    kept = summary["stages"].get("dedup", {})
+    removed = sum(sum(langs.values()) for langs in summary["removed"].values())
+    print(f"curated {config.curate.output}: {summary['read'].get('documents', 0):,} documents "
+          f"read, {sum(c['documents'] for c in kept.values()):,} kept in {len(kept)} languages ("
+          + ", ".join(f"{lang} {c['documents']:,}" for lang, c in kept.items())
+          + f"), {removed:,} removed; data card in {config.curate.output}/DATA_CARD.md")
 
 
 def tokenizer_train(args: argparse.Namespace) -> None:
@@ -127,6 +141,7 @@ def lid_identify(args: argparse.Namespace) -> None:
 
 def register(commands: Commands) -> None:
     add_config_arguments(add_command(commands, "prepare", prepare))
+    add_config_arguments(add_command(commands, "curate", curate))
 
     tokenizer = commands.add_parser("tokenizer", help="train the tokenizer or report on it")
     actions = tokenizer.add_subparsers(dest="action", required=True)

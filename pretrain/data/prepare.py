@@ -28,13 +28,11 @@ import importlib
 import json
 import logging
 import mmap
-import multiprocessing
 import os
 import shutil
-import signal
 from array import array
-from collections import Counter, defaultdict, deque
-from collections.abc import Callable, Iterable, Iterator
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Iterator
 from functools import lru_cache
 from itertools import chain, groupby
 from pathlib import Path, PurePosixPath
@@ -77,6 +75,7 @@ from pretrain.data.tokenizer import (
     save_tokenizer,
     train_for_config,
 )
+from pretrain.data.workers import Workers
 from pretrain.fileio import atomic_write_json, building_folder, leftover_folders, sha256_file
 
 WORK = ".work"  # temporary per-stream document files, inside the staging folder
@@ -116,63 +115,38 @@ def prepare_dataset(config: Config, out_dir: Path | None = None) -> dict[str, An
 def _build(config: Config, files: list[Path], root: Path) -> dict[str, Any]:
     """Write the whole dataset into the (empty, temporary) folder `root`; returns the manifest."""
     workers = config.data.prepare_workers or os.cpu_count() or 1
-    with _Workers(workers) as pool:
+    with Workers(workers) as pool:
         scan = _scan(config, files, pool, root / WORK)
         tokenizer = _make_tokenizer(config, scan.tokenizer_sample, root / TOKENIZER)
         counts = _write_streams(config, pool, scan.spills, root, sha256_file(root / TOKENIZER))
     shutil.rmtree(root / WORK)
     manifest = _manifest(config, root, scan, counts, tokenizer.get_vocab_size())
+    _carry_data_card(config.data.corpus, root, manifest)
     atomic_write_json(root / MANIFEST, manifest)  # fsynced: its presence marks completion
     return manifest
 
 
+def _carry_data_card(corpus: str, root: Path, manifest: dict[str, Any]) -> None:
+    """When the corpus is a `pretrain curate` output (its folder or its data/ folder), write its
+    data card into the dataset with what preparing added: tokens per language, the tokenizer."""
+    from pretrain.data.curate import CURATION
+    from pretrain.data.data_card import write_data_card
+
+    folders = [Path(part.strip()) for part in corpus.split(",") if part.strip()]
+    found = [c for folder in folders for c in (folder / CURATION, folder.parent / CURATION)
+             if c.is_file()]
+    if len(folders) != 1 or not found:
+        return  # not curated, or several corpora: no one card describes the dataset
+    curation = json.loads(found[0].read_text(encoding="utf-8"))
+    train = manifest["splits"][TRAIN]["languages"]
+    prepared = {"tokenizer_sha256": manifest["tokenizer"]["sha256"],
+                "tokens": {lang: row["tokens"] for lang, row in train.items()},
+                "documents": {lang: row["documents"] for lang, row in train.items()},
+                "curated_from": str(found[0].parent.resolve())}
+    write_data_card(root, curation, prepared)
+
+
 # --- worker processes ------------------------------------------------------------------------
-
-class _Workers:
-    """Worker processes (none for one worker: all in this process) with an ordered map."""
-
-    def __init__(self, count: int) -> None:
-        self.count = count
-        # spawn, not fork: a fork would copy the parent's tokenizers thread pool (unsafe) and
-        # whatever memory the parent holds.
-        self._pool = (multiprocessing.get_context("spawn").Pool(count, _init_worker)
-                      if count > 1 else None)
-
-    def __enter__(self) -> _Workers:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        if self._pool is not None:
-            self._pool.terminate()  # results are all consumed, or an error is on its way
-            self._pool.join()
-
-    def map(self, function: Callable[..., Any],
-            tasks: Iterable[tuple[Any, tuple]]) -> Iterator[tuple[Any, Any]]:
-        """(meta, function(*args)) for each (meta, args) in `tasks`, in order.
-
-        At most two tasks per worker are in flight, so memory stays bounded however large the
-        corpus (Pool.imap would read the whole input ahead).
-        """
-        if self._pool is None:
-            yield from ((meta, function(*args)) for meta, args in tasks)
-            return
-        pending: deque[tuple[Any, Any]] = deque()
-        for meta, args in tasks:
-            pending.append((meta, self._pool.apply_async(function, args)))
-            if len(pending) >= 2 * self.count:
-                meta, result = pending.popleft()
-                yield meta, result.get()
-        while pending:
-            meta, result = pending.popleft()
-            yield meta, result.get()
-
-
-def _init_worker() -> None:
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one process per core, not a thread pool each
-    # Ctrl-C reaches the whole process group: the main process stops the pool; the workers
-    # must not each print a KeyboardInterrupt traceback.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
 
 # --- pass 1: scan ----------------------------------------------------------------------------
 
@@ -223,7 +197,7 @@ class _Scan:
     skipped: dict[str, dict[str, Any]]
 
 
-def _scan(config: Config, files: list[Path], pool: _Workers, work: Path) -> _Scan:
+def _scan(config: Config, files: list[Path], pool: Workers, work: Path) -> _Scan:
     """Pass 1: read, normalize, dedup and split every document; spill each to its stream."""
     data = config.data
     work.mkdir()
@@ -346,7 +320,7 @@ def _make_tokenizer(config: Config, sample: list[Document], path: Path) -> Token
 
 # --- pass 2: tokenize, pack, write -----------------------------------------------------------
 
-def _write_streams(config: Config, pool: _Workers, spills: dict[str, _Spill], root: Path,
+def _write_streams(config: Config, pool: Workers, spills: dict[str, _Spill], root: Path,
                    tokenizer_sha: str) -> dict[str, dict[str, int]]:
     """Pass 2: tokenize and pack every stream into MDS shards; returns the counts per stream."""
     tasks = _encode_tasks(spills, config.train.seed, str(root / TOKENIZER), tokenizer_sha)

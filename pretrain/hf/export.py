@@ -11,6 +11,7 @@ atomically (pretrain/hf/folder.py).
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +88,14 @@ def _dataset_manifest(tokenizer: Path) -> dict[str, Any] | None:
         return None
 
 
+def _data_card(tokenizer: Path) -> str:
+    """The dataset's DATA_CARD.md (a curated corpus's, see pretrain/data/data_card.py), or ""."""
+    from pretrain.data.data_card import DATA_CARD
+
+    path = tokenizer.parent / DATA_CARD
+    return path.read_text(encoding="utf-8") if path.is_file() else ""
+
+
 def _final_validation(source: Path, step: int | None) -> dict[str, dict[str, float]]:
     """{lang or "(all)": {loss, bpb}} of the run's last evaluation at or before `step`."""
     if not RunDir.is_step_folder(source):
@@ -102,7 +111,7 @@ def _final_validation(source: Path, step: int | None) -> dict[str, dict[str, flo
 
 def model_card(config: Config, meta: dict[str, Any] | None, manifest: dict[str, Any] | None,
                validation: dict[str, dict[str, float]], dtype: torch.dtype,
-               parameters: int) -> str:
+               parameters: int, card: str = "") -> str:
     m = config.model
     client = (meta or {}).get("client_state", {})
     lines = [
@@ -158,6 +167,9 @@ def model_card(config: Config, meta: dict[str, Any] | None, manifest: dict[str, 
             loss = f"{row['loss']:.4f}" if "loss" in row else "-"
             lines.append(f"| {lang} | {loss} | {bpb} |")
         lines += [""]
+    if card:
+        # The data card of the curated corpus (pretrain curate), its headings one level down.
+        lines += [re.sub(r"^(#+) ", r"#\1 ", line) for line in card.splitlines()] + [""]
     lines += [
         "## Usage", "",
         "```python",
@@ -208,7 +220,8 @@ def export_hf(checkpoint: str | Path, output: str | Path, dtype: str = "bf16",
                    {"bos_token_id": BOS_ID, "eos_token_id": EOS_ID, "pad_token_id": PAD_ID})
         _tokenizer_files(folder, tokenizer_path, config.model)
         (folder / "README.md").write_text(
-            model_card(config, meta, manifest, validation, torch_dtype, parameters),
+            model_card(config, meta, manifest, validation, torch_dtype, parameters,
+                       _data_card(tokenizer_path)),
             encoding="utf-8")
 
     return write_folder(output, force, fill)
