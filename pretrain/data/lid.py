@@ -61,6 +61,7 @@ class LidError(InputError):
     """A model, label map or labelled file that cannot be used; the message says which."""
 
 
+@lru_cache(maxsize=None)  # a text has few distinct characters; this runs for every one
 def _script_of(ch: str) -> str | None:
     """The script of one letter; None for what is not a letter (digits, marks, punctuation)."""
     if not ch.isalpha():
@@ -133,8 +134,7 @@ class Identifier:
             run: list[str] = []
             run_script = ""
             for word in sentence.split():
-                shares = script_shares(word)
-                script = next(iter(shares)) if shares else run_script
+                script = next((s for s in map(_script_of, word) if s is not None), run_script)
                 if run and script != run_script and run_script:
                     pieces.append(self._piece(" ".join(run), run_script))
                     run = []

@@ -31,8 +31,6 @@ from pretrain.config import FilterRules, QualityConfig
 
 __all__ = ["QualityFilter", "script_words", "split_words"]
 
-_EDGE_PUNCTUATION = "".join(chr(c) for c in range(0x110000)
-                            if unicodedata.category(chr(c)).startswith(("P", "S")))
 _SENTENCE = re.compile(r"[^.!?؟۔…\n]+(?:[.!?؟۔…]+|\n|$)")
 
 # Lines that are site furniture, not text: dropped like C4's English policy lines.
@@ -45,7 +43,18 @@ _POLICY = re.compile(
 def split_words(text: str) -> list[str]:
     """Words as Gopher counts them: whitespace-separated, without the punctuation at their
     edges ("ديال،" is ديال, "3lach?" is 3lach); a token of punctuation alone stays itself."""
-    return [token.strip(_EDGE_PUNCTUATION) or token for token in text.split()]
+    return [_without_edge_punctuation(token) for token in text.split()]
+
+
+def _without_edge_punctuation(token: str) -> str:
+    if token[0].isalnum() and token[-1].isalnum():  # most words: nothing to strip
+        return token
+    start, end = 0, len(token)
+    while start < end and unicodedata.category(token[start])[0] in "PS":
+        start += 1
+    while end > start and unicodedata.category(token[end - 1])[0] in "PS":
+        end -= 1
+    return token[start:end] or token
 
 
 def _datatrove_word_tokenizer() -> type:
