@@ -16,7 +16,7 @@ export DS_BUILD_OPS := 0
 # DeepSpeed compiles a small CPU communication op on first use (~40 s); keep it between runs.
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
 
-.PHONY: demo test test-fast lint lock clean slurm-up slurm-down gpu-check lid-model
+.PHONY: demo test test-fast lint lock clean slurm-up slurm-down gpu-check lid-model curate-demo
 
 demo: $(STAMP)
 	$(BIN)/pretrain train
@@ -54,6 +54,13 @@ slurm-up:
 
 slurm-down:
 	slurm/local/stop.sh
+
+# Raw sample crawl -> curated corpus with a data card -> the demo model -> a Hugging Face export
+# whose model card carries the data card (runs/curate_demo/hf/README.md).
+curate-demo: $(STAMP)
+	$(BIN)/pretrain curate --config configs/curate_demo.yaml
+	$(BIN)/pretrain train --config configs/curate_demo.yaml
+	$(BIN)/pretrain export --checkpoint runs/curate_demo --output runs/curate_demo/hf --force
 
 # The bundled language-ID model (pretrain/data/lid_model/): trained only on text the package may
 # ship, the sample corpus (written for this project) and the public-domain UDHR (read from

@@ -33,3 +33,19 @@ def test_train_throughput_runs_real_training_and_writes_its_rows(tmp_path: Path)
     assert math.isfinite(row["first_loss"]) and row["last_loss"] < row["first_loss"]
     assert "mfu" not in row  # no peak FLOP/s to divide by on a CPU
     assert not (tmp_path / "work" / "sdpa-none" / "checkpoints").exists()
+
+
+def test_curation_benchmarks_run_and_write_their_tables(tmp_path: Path) -> None:
+    """bench/pii.py and bench/curate.py on small inputs (bench/lid.py needs ../shared/data)."""
+    subprocess.run([sys.executable, "bench/pii.py", "--planted", "700", "--look-alikes", "640",
+                    "--shared", str(tmp_path / "absent"), "--out", str(tmp_path / "pii.json")],
+                   cwd=ROOT, check=True, capture_output=True, text=True)
+    pii = json.loads((tmp_path / "pii.json").read_text())
+    assert pii["recall_all"] >= 0.99 and pii["false_positive_rate"] <= 0.01
+    assert set(pii["recall"]) == {"phone", "email", "ip", "cin", "rib", "iban", "card"}
+    subprocess.run([sys.executable, "bench/curate.py", "--crawls", "1", "--workers", "1",
+                    "--out", str(tmp_path / "curate.json")],
+                   cwd=ROOT, check=True, capture_output=True, text=True)
+    curate = json.loads((tmp_path / "curate.json").read_text())
+    assert set(curate["stages_one_core"]) == {"lid", "quality", "pii"}
+    assert curate["pipeline"]["workers=1"]["kept"] > 0
