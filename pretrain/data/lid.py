@@ -36,7 +36,7 @@ import unicodedata
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache, lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -61,7 +61,7 @@ class LidError(InputError):
     """A model, label map or labelled file that cannot be used; the message says which."""
 
 
-@lru_cache(maxsize=None)  # a text has few distinct characters; this runs for every one
+@cache  # a text has few distinct characters; this runs for every one
 def _script_of(ch: str) -> str | None:
     """The script of one letter; None for what is not a letter (digits, marks, punctuation)."""
     if not ch.isalpha():
