@@ -21,6 +21,7 @@ other; there is no cycle.
 from __future__ import annotations
 
 import ast
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -154,3 +155,13 @@ def test_the_config_imports_no_torch(graph):
         names |= {(node.module or "").split(".")[0] for node in top_level
                   if isinstance(node, ast.ImportFrom)}
         assert "torch" not in names, module
+
+
+def test_every_symlink_in_the_tree_resolves():
+    """A move must carry its links along (slurm/train.sbatch pointed at a moved template)."""
+    tracked = subprocess.run(["git", "ls-files", "-s"], cwd=REPO, capture_output=True,
+                             text=True, check=True).stdout.splitlines()
+    links = [line.split("\t", 1)[1] for line in tracked if line.startswith("120000 ")]
+    assert links, "the tree has symlinks (slurm/train.sbatch)"
+    broken = [link for link in links if not (REPO / link).exists()]
+    assert broken == []
