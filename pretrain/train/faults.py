@@ -6,7 +6,9 @@ SIYADA_FAULT is set (real runs never set it, and then nothing here runs).
                            files are written, meta.json is not
     SIYADA_FAULT=hang@12   rank 0 stalls after step 12 (logged, not saved) until it gets a stop
                            signal, and the other ranks wait for it in the next collective: a
-                           test can kill -9 the run, or signal it, at a step of its choosing
+                           test can kill -9 the run, or signal it, at a step of its choosing.
+                           Once per run directory: a run that resumes from before step 12
+                           (after a kill) goes past it the second time
     SIYADA_FAULT=nan@7     the loss of the 7th global batch becomes NaN before backward, as a
                            bad batch would make it (the divergence guard must roll back and skip
                            that batch; pretrain/train/guard.py)
@@ -63,6 +65,11 @@ class FaultInjector(Callback):
                 handle.write(bytes([byte[0] ^ 1]))
             print(f"[fault] {ENV}: flipped a bit of {victim} after step {step}", flush=True)
         if trainer.topology.rank == 0 and step in self.planned["hang"]:
+            marker = trainer.run_dir / "faults" / f"hang@{step}"
+            if marker.exists():
+                return
+            marker.parent.mkdir(exist_ok=True)
+            marker.touch()
             print(f"[fault] {ENV}: hanging after step {step}", flush=True)
             while trainer.watch is None or trainer.watch.reason() is None:
                 time.sleep(0.05)

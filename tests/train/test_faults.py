@@ -3,6 +3,7 @@ and each planned fault at exactly its step. The whole runs are in tests/checkpoi
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -13,9 +14,9 @@ from pretrain.train import faults
 from pretrain.train.faults import CRASH_EXIT_CODE, ENV, FaultInjector
 
 
-def trainer(rank: int = 0, watch: object = None) -> SimpleNamespace:
+def trainer(rank: int = 0, watch: object = None, run_dir: Path | None = None) -> SimpleNamespace:
     return SimpleNamespace(engine=SimpleNamespace(objective=Objective(z_loss=0.0)),
-                           topology=SimpleNamespace(rank=rank), watch=watch)
+                           topology=SimpleNamespace(rank=rank), watch=watch, run_dir=run_dir)
 
 
 def test_nothing_is_installed_without_the_variable(monkeypatch):
@@ -45,12 +46,17 @@ def test_save_dies_at_its_step_only(monkeypatch):
     assert exits == [CRASH_EXIT_CODE]
 
 
-def test_hang_holds_rank_0_until_a_stop_is_wanted():
+def test_hang_holds_rank_0_until_a_stop_is_wanted_once_per_run(tmp_path):
     reasons = iter([None, None, "SIGUSR1 received"])
     watch = SimpleNamespace(reason=lambda: next(reasons))
-    FaultInjector("hang@4").after_step(trainer(rank=0, watch=watch), 4)
+    FaultInjector("hang@4").after_step(trainer(rank=0, watch=watch, run_dir=tmp_path), 4)
     with pytest.raises(StopIteration):
         watch.reason()  # all three answers were asked for: it waited for the signal
+    # The run resumed from before step 4 (after a kill) goes past it: it hangs once per run.
+    again = iter([None])
+    FaultInjector("hang@4").after_step(trainer(rank=0, run_dir=tmp_path, watch=SimpleNamespace(
+        reason=lambda: next(again))), 4)
+    assert next(again) is None
     other = iter([None])
     FaultInjector("hang@4").after_step(trainer(rank=1, watch=SimpleNamespace(
         reason=lambda: next(other))), 4)
