@@ -1,8 +1,14 @@
 #!/usr/bin/env bash
-# slurm/local/start.sh - start Siyada's single-node Slurm test cluster on this machine. It talks
-# over loopback only and exists so that tests can submit real jobs (sbatch/srun, job arrays,
-# signals, requeue, partition preemption). Needs root; needs neither systemd nor cgroups.
+# slurm/local/start.sh [--nodes N] - start Siyada's Slurm test cluster on this machine, so that
+# tests can submit real jobs (sbatch/srun, job arrays, signals, requeue, partition preemption,
+# jobs across nodes, nodes that fail). Needs root; needs neither systemd nor cgroups.
 # Made on Debian 12 with slurm-wlm 22.05.
+#
+# --nodes 1 (the default): one node, `localhost`, over loopback only.
+# --nodes N (N >= 2): N nodes, each a network namespace with its own address on a private bridge,
+# its own hostname and its own /dev/shm, running its own slurmd; slurmctld and munged run on the
+# host. Ranks on different nodes talk TCP through the bridge, as on a real cluster; the file
+# system is shared, as a cluster's shared file system is. node.sh kills, cuts and restarts nodes.
 #
 # Idempotent: when the cluster under $SIYADA_SLURM_ROOT is up with the same settings and its node
 # is usable, it only prints the SLURM_CONF line. Otherwise it installs slurm-wlm + munge with
@@ -12,6 +18,14 @@
 # Settings (environment variables): see README.md.
 set -Eeuo pipefail
 
+NODES=${SIYADA_SLURM_NODES:-1}
+while [ $# -gt 0 ]; do
+  case $1 in
+    --nodes) NODES=${2:-}; shift; [ $# -gt 0 ] && shift ;;
+    --nodes=*) NODES=${1#--nodes=}; shift ;;
+    *) echo "start.sh: unknown argument '$1' (usage: start.sh [--nodes N])" >&2; exit 2 ;;
+  esac
+done
 ROOT=${SIYADA_SLURM_ROOT:-/tmp/siyada-slurm}
 CPUS=${SIYADA_SLURM_CPUS:-8}
 AUTH=${SIYADA_SLURM_AUTH:-munge}
@@ -19,8 +33,10 @@ CTLD_PORT=${SIYADA_SLURM_CTLD_PORT:-6817}
 SLURMD_PORT=${SIYADA_SLURM_SLURMD_PORT:-6818}
 WAIT=${SIYADA_SLURM_WAIT:-60}
 LINK_ETC=${SIYADA_SLURM_LINK_ETC:-1}
+SUBNET=${SIYADA_SLURM_SUBNET:-10.77.0}   # multi-node: host .1, nodes .11, .12, ...
+PREFIX=${SIYADA_SLURM_PREFIX:-siyada}     # multi-node: nodes siyada1..N, bridge siyada-br, ...
+SHM_SIZE=${SIYADA_SLURM_SHM:-2g}         # multi-node: each node's private /dev/shm
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-NODE=localhost
 CONF=$ROOT/etc/slurm.conf
 MUNGE=$ROOT/munge
 # Exported for the clients called below, and so that slurmd hands it down to every slurmstepd:
@@ -92,9 +108,19 @@ pid_alive() {
 }
 # exited PIDFILE COMM: the daemon wrote its pidfile and has died since
 exited() { [ -s "$1" ] && ! pid_alive "$1" "$2"; }
-node_state() { sinfo -h -n "$NODE" -o %T 2>/dev/null | head -n1; }
 
 mkdir -p "$ROOT" 2>/dev/null || die "cannot create $ROOT"
+[[ $NODES =~ ^[1-9][0-9]*$ ]] && [ "$NODES" -le 200 ] || die "--nodes must be a number from 1 to 200, not '$NODES'"
+[[ $SUBNET =~ ^[0-9]+\.[0-9]+\.[0-9]+$ ]] || die "SIYADA_SLURM_SUBNET must be three numbers like 10.77.0, not '$SUBNET'"
+[[ $PREFIX =~ ^[a-z][a-z0-9]{0,7}$ ]] || die "SIYADA_SLURM_PREFIX must be a lower-case name of at most 8 characters, not '$PREFIX'"
+if [ "$NODES" = 1 ]; then
+  NODE_NAMES=(localhost)
+  CTL_HOST=localhost CTL_ADDR=127.0.0.1
+else
+  NODE_NAMES=()
+  for i in $(seq "$NODES"); do NODE_NAMES+=("$PREFIX$i"); done
+  CTL_HOST=$PREFIX-ctl CTL_ADDR=$SUBNET.1
+fi
 [[ $CPUS =~ ^[1-9][0-9]*$ ]] || die "SIYADA_SLURM_CPUS must be a positive integer, not '$CPUS'"
 case $AUTH in munge | none) ;; *) die "SIYADA_SLURM_AUTH must be munge or none, not '$AUTH'" ;; esac
 [ "$(id -u)" = 0 ] || die "not root (uid $(id -u)): the local Slurm cluster's daemons must be started as root"
@@ -106,17 +132,34 @@ flock -w 300 9 || die "another start.sh has held $ROOT/start.lock for 5 minutes"
 
 # The first line of slurm.conf records the settings (and this script's version) it was made
 # from; the fast path only applies while they are unchanged.
-SETTINGS="cpus=$CPUS auth=$AUTH ports=$CTLD_PORT/$SLURMD_PORT script=$(sha1sum < "${BASH_SOURCE[0]}" | cut -c1-12)"
+SETTINGS="nodes=$NODES cpus=$CPUS auth=$AUTH ports=$CTLD_PORT/$SLURMD_PORT"
+[ "$NODES" = 1 ] || SETTINGS="$SETTINGS subnet=$SUBNET prefix=$PREFIX shm=$SHM_SIZE"
+SETTINGS="$SETTINGS script=$(cat "${BASH_SOURCE[0]}" "$HERE/node.sh" | sha1sum | cut -c1-12)"
+
+# node_states: one line per node that answers, "NAME STATE"
+node_states() { sinfo -h -N -o '%N %T' 2> /dev/null | sort -u; }
+# all_in STATES...: every node is in one of these states
+all_in() {
+  local states n=0 name st
+  states=$(node_states)
+  while read -r name st; do
+    [ -n "$name" ] || continue
+    n=$((n + 1))
+    [[ " $* " == *" $st "* ]] || return 1
+  done <<< "$states"
+  [ "$n" = "$NODES" ]
+}
+slurmds_alive() {
+  local name
+  for name in "${NODE_NAMES[@]}"; do pid_alive "$ROOT/run/slurmd-$name.pid" slurmd || return 1; done
+}
 
 # ---------------------------------------------------------------- fast path
 if [ "$(head -n1 "$CONF" 2>/dev/null)" = "# siyada local cluster: $SETTINGS" ] \
-  && pid_alive "$ROOT/run/slurmctld.pid" slurmctld && pid_alive "$ROOT/run/slurmd.pid" slurmd \
+  && pid_alive "$ROOT/run/slurmctld.pid" slurmctld && slurmds_alive \
   && { [ "$AUTH" = none ] || pid_alive "$MUNGE/run/munged.pid" munged; }; then
-  st=$(node_state || true)
-  case $st in
-    idle | mixed | allocated | completing) success "already up (node $NODE is $st)" ;;
-  esac
-  log "daemons are running but node $NODE is '${st:-not answering}'; restarting"
+  all_in idle mixed allocated completing && success "already up ($(node_states | tr '\n' ' '))"
+  log "daemons are running but the nodes are '$(node_states | tr '\n' ' ')'; restarting"
 elif [ -f "$CONF" ] && [ "$(head -n1 "$CONF")" != "# siyada local cluster: $SETTINGS" ]; then
   log "settings changed (was: $(head -n1 "$CONF" | sed 's/^# siyada local cluster: //')); restarting"
 fi
@@ -126,6 +169,11 @@ missing=()
 for b in slurmctld slurmd sbatch srun sinfo squeue scancel scontrol; do
   command -v "$b" > /dev/null || missing+=("$b")
 done
+if [ "$NODES" -gt 1 ]; then
+  for b in ip nsenter unshare; do
+    command -v "$b" > /dev/null || die "$NODES nodes need '$b' (iproute2, util-linux), which is missing"
+  done
+fi
 if [ "$AUTH" = munge ]; then
   for b in munged munge unmunge; do command -v "$b" > /dev/null || missing+=("$b"); done
 fi
@@ -161,14 +209,47 @@ log "$(slurmctld -V)$([ "$AUTH" = none ] || echo ", $(munged --version 2>&1 | aw
 # job/node state: after a kill -9 it would bring back jobs and a node marked down.
 SIYADA_SLURM_ROOT=$ROOT bash "$HERE/stop.sh" >&2 9>&-
 rm -rf "$ROOT/state"
-mkdir -p "$ROOT"/{etc,state/ctld,state/d,log,run}
+mkdir -p "$ROOT"/{etc,state/ctld,log,run}
 chmod 755 "$ROOT" "$ROOT/etc" "$ROOT/log" "$ROOT/run" # jobs of any user read the config
 chmod 700 "$ROOT/state/ctld"
+# What stop.sh and node.sh need to know of this cluster, written before anything is made.
+printf 'NODES=%s\nPREFIX=%s\nSUBNET=%s\nCONF=%s\nSHM_SIZE=%s\n' \
+  "$NODES" "$PREFIX" "$SUBNET" "$CONF" "$SHM_SIZE" > "$ROOT/cluster.env"
 
-port_busy() { (exec 3<> "/dev/tcp/127.0.0.1/$1") 2> /dev/null; }
+# ---------------------------------------------------------------- network (multi-node)
+# One bridge on the host (address .1, slurmctld's); per node a network namespace whose eth0 is
+# one end of a veth pair, the other end on the bridge. Names resolve through /etc/hosts lines
+# marked with this cluster's root, so that stop.sh removes exactly those.
+STARTING=1
+if [ "$NODES" -gt 1 ]; then
+  BRIDGE=$PREFIX-br
+  MARK="# siyada-slurm $ROOT"
+  : > "$ROOT/log/net.log"
+  { ip link add "$BRIDGE" type bridge && ip addr add "$CTL_ADDR/24" dev "$BRIDGE" \
+      && ip link set "$BRIDGE" up; } 2>> "$ROOT/log/net.log" \
+    || die "cannot make the bridge $BRIDGE ($CTL_ADDR/24): $(last_line "$ROOT/log/net.log")"
+  hosts="$CTL_ADDR $CTL_HOST $MARK"
+  for i in $(seq "$NODES"); do
+    ns=$PREFIX-ns$i
+    { ip netns add "$ns" && ip -n "$ns" link set lo up \
+        && ip link add "$PREFIX-v$i" type veth peer name eth0 netns "$ns" \
+        && ip link set "$PREFIX-v$i" master "$BRIDGE" && ip link set "$PREFIX-v$i" up \
+        && ip -n "$ns" addr add "$SUBNET.$((10 + i))/24" dev eth0 \
+        && ip -n "$ns" link set eth0 up; } 2>> "$ROOT/log/net.log" \
+      || die "cannot make the network namespace of node $PREFIX$i: $(last_line "$ROOT/log/net.log")"
+    hosts="$hosts
+$SUBNET.$((10 + i)) $PREFIX$i $MARK"
+  done
+  printf '%s\n' "$hosts" >> /etc/hosts || die "cannot add the nodes' names to /etc/hosts"
+  for name in "$CTL_HOST" "${NODE_NAMES[@]}"; do
+    getent hosts "$name" > /dev/null || die "$name does not resolve after adding it to /etc/hosts"
+  done
+fi
+
+port_busy() { (exec 3<> "/dev/tcp/$CTL_ADDR/$1") 2> /dev/null; }
 for p in "$CTLD_PORT" "$SLURMD_PORT"; do
   if port_busy "$p"; then
-    die "127.0.0.1:$p is in use (another Slurm?); stop it or set SIYADA_SLURM_CTLD_PORT / SIYADA_SLURM_SLURMD_PORT"
+    die "$CTL_ADDR:$p is in use (another Slurm?); stop it or set SIYADA_SLURM_CTLD_PORT / SIYADA_SLURM_SLURMD_PORT"
   fi
 done
 
@@ -178,7 +259,11 @@ MEM=$(awk '/^MemTotal:/ {printf "%d", $2 / 1024 * 0.95}' /proc/meminfo) # MB, wi
 # everything on loopback only where that address is 127.0.0.1; elsewhere slurmctld would be
 # unreachable through 127.0.0.1, and the daemons listen on all addresses instead.
 COMM="CommunicationParameters=NoCtldInAddrAny,NoInAddrAny"
-if [ "$(getent ahostsv4 "$(uname -n)" 2> /dev/null | awk 'NR == 1 {print $1}')" != 127.0.0.1 ]; then
+if [ "$NODES" -gt 1 ]; then
+  # slurmctld binds the bridge's address (its hostname, $CTL_HOST, resolves to it); the nodes'
+  # daemons are alone in their namespaces, and clients on the host must not bind 127.0.0.1.
+  COMM="CommunicationParameters=NoCtldInAddrAny"
+elif [ "$(getent ahostsv4 "$(uname -n)" 2> /dev/null | awk 'NR == 1 {print $1}')" != 127.0.0.1 ]; then
   COMM="# $COMM (not used: $(uname -n) does not resolve to 127.0.0.1)"
 fi
 if [ "$AUTH" = munge ]; then
@@ -193,9 +278,9 @@ fi
 
 cat > "$CONF.new" << EOF
 # siyada local cluster: $SETTINGS
-# Written by slurm/local/start.sh: one node, loopback only.
+# Written by slurm/local/start.sh: $NODES node(s).
 ClusterName=siyada-local
-SlurmctldHost=localhost(127.0.0.1)
+SlurmctldHost=$CTL_HOST($CTL_ADDR)
 SlurmctldPort=$CTLD_PORT
 SlurmdPort=$SLURMD_PORT
 $COMM
@@ -204,11 +289,11 @@ $COMM
 $AUTHCONF
 SlurmUser=root
 StateSaveLocation=$ROOT/state/ctld
-SlurmdSpoolDir=$ROOT/state/d
+SlurmdSpoolDir=$ROOT/state/d-%n
 SlurmctldPidFile=$ROOT/run/slurmctld.pid
-SlurmdPidFile=$ROOT/run/slurmd.pid
+SlurmdPidFile=$ROOT/run/slurmd-%n.pid
 SlurmctldLogFile=$ROOT/log/slurmctld.log
-SlurmdLogFile=$ROOT/log/slurmd.log
+SlurmdLogFile=$ROOT/log/slurmd-%n.log
 # the default, /usr/bin/mail, is usually not installed: jobs asking for mail would fail to send it
 MailProg=/bin/true
 # no cgroups: plain process tracking, no task binding
@@ -227,19 +312,29 @@ KillWait=5
 MinJobAge=300
 # a node that was down comes back by itself once its slurmd registers
 ReturnToService=2
+# a node whose slurmd stops answering is DOWN after 20 s (default 300), and its jobs requeued
+SlurmdTimeout=20
 # The node advertises $CPUS CPUs whatever the machine has (tests run several multi-task jobs at
 # once on 2 cores); config_overrides stops slurmd from draining it for having fewer.
 SlurmdParameters=config_overrides
-# NodeName is not this host's name ($(uname -n)): slurmd is started with -N $NODE.
-NodeName=$NODE NodeAddr=127.0.0.1 NodeHostname=$NODE CPUs=$CPUS Boards=1 SocketsPerBoard=1 CoresPerSocket=$CPUS ThreadsPerCore=1 RealMemory=$MEM State=UNKNOWN
-PartitionName=debug Nodes=$NODE Default=YES PriorityTier=1 GraceTime=10
-PartitionName=urgent Nodes=$NODE PriorityTier=2
 EOF
+{
+  if [ "$NODES" = 1 ]; then
+    echo "# NodeName is not this host's name ($(uname -n)): slurmd is started with -N localhost."
+    echo "NodeName=localhost NodeAddr=127.0.0.1 NodeHostname=localhost CPUs=$CPUS Boards=1 SocketsPerBoard=1 CoresPerSocket=$CPUS ThreadsPerCore=1 RealMemory=$MEM State=UNKNOWN"
+  else
+    for i in $(seq "$NODES"); do
+      echo "NodeName=$PREFIX$i NodeAddr=$SUBNET.$((10 + i)) NodeHostname=$PREFIX$i CPUs=$CPUS Boards=1 SocketsPerBoard=1 CoresPerSocket=$CPUS ThreadsPerCore=1 RealMemory=$MEM State=UNKNOWN"
+    done
+  fi
+  nodes=$(IFS=,; echo "${NODE_NAMES[*]}")
+  echo "PartitionName=debug Nodes=$nodes Default=YES PriorityTier=1 GraceTime=10"
+  echo "PartitionName=urgent Nodes=$nodes PriorityTier=2"
+} >> "$CONF.new"
 chmod 644 "$CONF.new"
 mv -f "$CONF.new" "$CONF"
 
 # ---------------------------------------------------------------- munge
-STARTING=1
 # A private munged with its own key and socket, so that the machine's munge (if any) is left
 # alone. Its socket directory must stay o+x: jobs of any user talk to it.
 if [ "$AUTH" = munge ]; then
@@ -262,9 +357,15 @@ fi
 
 # ---------------------------------------------------------------- daemons
 : > "$ROOT/log/slurmctld.log"
-: > "$ROOT/log/slurmd.log"
+for name in "${NODE_NAMES[@]}"; do : > "$ROOT/log/slurmd-$name.log"; done
 log "starting slurmctld"
-slurmctld -f "$CONF" 9>&- || die "slurmctld did not start: $(last_line "$ROOT/log/slurmctld.log")"
+if [ "$NODES" = 1 ]; then
+  slurmctld -f "$CONF" 9>&- || die "slurmctld did not start: $(last_line "$ROOT/log/slurmctld.log")"
+else
+  # slurmctld runs only where its hostname is SlurmctldHost's: a UTS namespace of its own.
+  unshare --uts sh -c 'hostname "$1" && exec slurmctld -f "$2"' sh "$CTL_HOST" "$CONF" 9>&- \
+    || die "slurmctld did not start: $(last_line "$ROOT/log/slurmctld.log")"
+fi
 ctld_up() { timeout 5 scontrol ping 2> /dev/null | grep -q 'is UP'; }
 for _ in $(seq 100); do
   ctld_up && break
@@ -273,20 +374,27 @@ for _ in $(seq 100); do
 done
 ctld_up || die "slurmctld does not answer: $(last_line "$ROOT/log/slurmctld.log") (see $ROOT/log/slurmctld.log)"
 
-log "starting slurmd"
-slurmd -f "$CONF" -N "$NODE" 9>&- || die "slurmd did not start: $(last_line "$ROOT/log/slurmd.log")"
+for name in "${NODE_NAMES[@]}"; do
+  log "starting slurmd of node $name"
+  SIYADA_SLURM_ROOT=$ROOT bash "$HERE/node.sh" start "$name" 9>&- \
+    || die "slurmd of node $name did not start: $(last_line "$ROOT/log/slurmd-$name.log")"
+done
 deadline=$(($(date +%s) + WAIT))
 resumed=0
-while st=$(node_state || true); [ "$st" != idle ]; do
-  if [ "$resumed" = 0 ] && [[ $st == down* || $st == drain* ]]; then
-    scontrol update NodeName="$NODE" State=RESUME 2> /dev/null || true
+until all_in idle; do
+  if [ "$resumed" = 0 ] && node_states | grep -qE ' (down|drain)'; then
+    scontrol update NodeName="$(IFS=,; echo "${NODE_NAMES[*]}")" State=RESUME 2> /dev/null || true
     resumed=1
   fi
-  exited "$ROOT/run/slurmd.pid" slurmd && die "slurmd exited: $(last_line "$ROOT/log/slurmd.log") (see $ROOT/log/slurmd.log)"
+  for name in "${NODE_NAMES[@]}"; do
+    if exited "$ROOT/run/slurmd-$name.pid" slurmd; then
+      die "slurmd of node $name exited: $(last_line "$ROOT/log/slurmd-$name.log") (see $ROOT/log/slurmd-$name.log)"
+    fi
+  done
   if [ "$(date +%s)" -ge "$deadline" ]; then
-    scontrol show node "$NODE" >&2 || true
-    tail -n 20 "$ROOT/log/slurmctld.log" "$ROOT/log/slurmd.log" >&2 || true
-    die "node $NODE is '${st:-unknown}', not idle, ${WAIT}s after slurmd started (see $ROOT/log/)"
+    scontrol show nodes >&2 || true
+    tail -n 20 "$ROOT/log/slurmctld.log" "$ROOT"/log/slurmd-*.log >&2 || true
+    die "the nodes are '$(node_states | tr '\n' ' ')', not all idle, ${WAIT}s after slurmd started (see $ROOT/log/)"
   fi
   sleep 0.2
 done

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # slurm/local/stop.sh - stop the local Slurm test cluster started by start.sh.
-# Cancels every job and waits for them to go, stops slurmd, slurmctld and the private munged
-# (only the PIDs in this cluster's pidfiles, never by name), kills steps that a dead slurmd left
-# behind, and removes the /etc/slurm/slurm.conf symlink if it points here.
+# Cancels every job and waits for them to go, stops every node's slurmd, slurmctld and the
+# private munged (only the PIDs in this cluster's pidfiles, never by name), kills steps that a
+# dead slurmd left behind, removes a multi-node cluster's network (namespaces, bridge, its
+# /etc/hosts lines) and the /etc/slurm/slurm.conf symlink if it points here.
 # Usage: stop.sh [--purge]    --purge also deletes $SIYADA_SLURM_ROOT. Always exits 0.
 set -uo pipefail
 
@@ -70,7 +71,11 @@ kill_orphan_steps() {
 }
 
 CTLD=$(live_pid "$ROOT/run/slurmctld.pid" slurmctld) || CTLD=
-SLURMD=$(live_pid "$ROOT/run/slurmd.pid" slurmd) || SLURMD=
+SLURMD=
+for f in "$ROOT"/run/slurmd-*.pid "$ROOT/run/slurmd.pid"; do # slurmd.pid: before --nodes
+  pid=$(live_pid "$f" slurmd) && SLURMD="$SLURMD $pid"
+done
+SLURMD=${SLURMD# }
 MUNGED=$(live_pid "$ROOT/munge/run/munged.pid" munged) || MUNGED=
 
 # 1. cancel every job, and let slurmd end its steps while it still can
@@ -90,14 +95,35 @@ if [ -n "$CTLD" ] && [ -n "$SLURMD" ]; then
 fi
 
 # 2. the daemons, in reverse start order
-[ -n "$SLURMD" ] && stop_pid slurmd "$SLURMD"
+for pid in $SLURMD; do stop_pid slurmd "$pid"; done
 [ -n "$CTLD" ] && stop_pid slurmctld "$CTLD"
 [ -n "$MUNGED" ] && stop_pid munged "$MUNGED"
 [ -z "$SLURMD$CTLD$MUNGED" ] && log "nothing was running under $ROOT"
 kill_orphan_steps
-rm -f "$ROOT/run/slurmctld.pid" "$ROOT/run/slurmd.pid" "$ROOT/munge/run/munged.pid"
+rm -f "$ROOT/run/slurmctld.pid" "$ROOT"/run/slurmd*.pid "$ROOT/munge/run/munged.pid"
 
-# 3. our /etc symlink
+# 3. a multi-node cluster's network: what start.sh recorded in cluster.env
+if [ -r "$ROOT/cluster.env" ]; then
+  # shellcheck source=/dev/null
+  . "$ROOT/cluster.env"
+  if [ "${NODES:-1}" -gt 1 ]; then
+    for i in $(seq "$NODES"); do
+      # a process still in a namespace would keep it alive after `ip netns del`
+      pids=$(SIYADA_SLURM_ROOT=$ROOT bash "$(dirname "${BASH_SOURCE[0]}")/node.sh" pids "$i")
+      # shellcheck disable=SC2086 # one PID per word
+      [ -n "$pids" ] && kill -KILL $pids 2> /dev/null
+      ip netns del "$PREFIX-ns$i" 2> /dev/null
+    done
+    ip link del "$PREFIX-br" 2> /dev/null
+    # Lines that end in this cluster's mark (another root's mark may start the same way).
+    # Rewritten in place, not with sed -i: /etc/hosts may be a bind mount, which a rename breaks.
+    kept=$(awk -v m="# siyada-slurm $ROOT" 'substr($0, length($0) - length(m) + 1) != m' /etc/hosts)
+    [ "$kept" = "$(cat /etc/hosts)" ] || printf '%s\n' "$kept" > /etc/hosts
+    log "removed the network of $NODES nodes (namespaces $PREFIX-ns*, bridge $PREFIX-br, /etc/hosts lines)"
+  fi
+fi
+
+# 4. our /etc symlink
 if [ -L /etc/slurm/slurm.conf ] && [ "$(readlink /etc/slurm/slurm.conf)" = "$CONF" ]; then
   rm -f /etc/slurm/slurm.conf
 fi
