@@ -19,6 +19,7 @@ import re
 import signal
 import socket
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -339,12 +340,48 @@ class ParallelLayout:
         self._check(dp_rank, self.data_parallel, "data-parallel rank")
         return [stage * self.data_parallel + dp_rank for stage in range(self.pipeline_stages)]
 
-    def describe(self, max_pipelines: int = 8) -> str:
-        """A few lines for the training log; long lists are cut after `max_pipelines`."""
+    def describe(self, hosts: Sequence[str] | None = None, max_pipelines: int = 8) -> str:
+        """A few lines for the training log; long lists are cut after `max_pipelines`.
+
+        `hosts` names each rank's node (hosts[rank]); with it the lines also say which ranks
+        run on which node and which pipeline stages cross from one node to the next.
+        """
+        lines = self._describe_ranks(max_pipelines)
+        if hosts is not None:
+            lines += self._describe_nodes(list(hosts), max_pipelines)
+        return "\n".join(lines)
+
+    def _describe_nodes(self, hosts: list[str], max_nodes: int) -> list[str]:
+        if len(hosts) != self.world_size:
+            raise ValueError(f"{len(hosts)} host names for {self.world_size} ranks")
+        nodes: dict[str, list[int]] = {}
+        for rank, host in enumerate(hosts):
+            nodes.setdefault(host, []).append(rank)
+        shown = [f"{host}: {_rank_list(ranks)}" for host, ranks in nodes.items()]
+        lines = [f"  {_plural(len(nodes), 'node')}, ranks per node: "
+                 + " | ".join(shown[:max_nodes])
+                 + (f" | ... {len(shown) - max_nodes} more" if len(shown) > max_nodes else "")]
+        if self.pipeline_stages > 1:
+            crossings = []  # (stage, its node, the next stage's node): the first such rank
+            for stage in range(self.pipeline_stages - 1):
+                pairs = [(hosts[rank], hosts[rank + self.data_parallel])
+                         for rank in self.ranks_of_stage(stage)]
+                crossing = next(((a, b) for a, b in pairs if a != b), None)
+                if crossing:
+                    crossings.append(f"{stage} -> {stage + 1} ({crossing[0]} -> {crossing[1]}"
+                                     + (", ..." if len(set(pairs)) > 1 else "") + ")")
+            if crossings:
+                lines.append("  stages that cross nodes: " + ", ".join(crossings[:max_nodes])
+                             + (", ..." if len(crossings) > max_nodes else ""))
+            else:
+                lines.append("  every pipeline stays on one node")
+        return lines
+
+    def _describe_ranks(self, max_pipelines: int) -> list[str]:
         ranks = _plural(self.world_size, "rank")
         if self.pipeline_stages == 1:
-            return (f"layout: {ranks}, pure data parallel\n"
-                    f"  data-parallel ranks: {_rank_list(self.ranks_of_stage(0))}")
+            return [f"layout: {ranks}, pure data parallel",
+                    f"  data-parallel ranks: {_rank_list(self.ranks_of_stage(0))}"]
         lines = [f"layout: {ranks} = {_plural(self.pipeline_stages, 'pipeline stage')} x "
                  f"{_plural(self.data_parallel, 'data-parallel rank')}"]
         for dp_rank in range(min(self.data_parallel, max_pipelines)):
@@ -358,7 +395,7 @@ class ParallelLayout:
                   for stage in range(self.pipeline_stages)]
         for start in range(0, len(stages), 4):  # four stages a line keeps lines readable
             lines.append("  " + " | ".join(stages[start:start + 4]))
-        return "\n".join(lines)
+        return lines
 
 
 def make_layout(world_size: int, pipeline_stages: int, n_layers: int) -> ParallelLayout:

@@ -81,6 +81,10 @@ class JobShape:
     def world_size(self) -> int:
         return self.nodes * self.ranks_per_node
 
+    def node_of_each_rank(self) -> list[str]:
+        """"node 0", "node 0", "node 1", ...: srun's default (block) placement of the ranks."""
+        return [f"node {rank // self.ranks_per_node}" for rank in range(self.world_size)]
+
 
 @dataclass(frozen=True)
 class Member:
@@ -391,7 +395,7 @@ def describe(submission: Submission, shape: JobShape) -> str:
     """What will run, for the person at the terminal."""
     lines = [f"job {submission.name!r}: {shape.nodes} node(s) x {shape.ranks_per_node} rank(s)"
              + (f" ({shape.gpus_per_node} GPUs per node)" if shape.gpus_per_node else " (CPU)"),
-             submission.layout.describe()]
+             submission.layout.describe(shape.node_of_each_rank())]
     if submission.is_array:
         lines.append(f"job array of {len(submission.members)} runs:")
         for index, member in enumerate(submission.members):

@@ -19,6 +19,7 @@ import logging
 import math
 import os
 import random
+import socket
 import sys
 import time
 import warnings
@@ -480,7 +481,10 @@ def _train_locked(config: Config, watch: StopWatch, topology: Topology) -> Train
         torch.device("cpu")
     layout = make_layout(topology.world_size, config.parallel.pipeline_stages,
                          config.model.n_layers)
-    _main_print(topology, f"[parallel] engine {config.parallel.engine}, {layout.describe()}")
+    hosts: list[str] = [""] * topology.world_size
+    dist.all_gather_object(hosts, socket.gethostname())
+    _main_print(topology, f"[parallel] engine {config.parallel.engine}, "
+                f"{layout.describe(hosts)}")
     identity = checkpoint.run_identity(config, layout, manifest["tokenizer"]["sha256"])
     plan = _plan_resume(config, identity, topology) if config.checkpoint.resume else None
     stop_at = config.train.stop_at_step or config.train.max_steps
