@@ -464,9 +464,14 @@ class TrainConfig:
     seed: int = 1234
     # auto: bf16 where the device supports it, fp32 on CPU
     precision: str = choice(Precision, "auto")
+    # Seconds without progress after which a rank counts training as hung (a peer gone silent)
+    # and exits for a requeue; never less than 10x the run's own longest step, save or eval
+    # (pretrain/train/watchdog.py). 0: off, and a hang waits for the process-group timeout.
+    hang_timeout: float = 300.0
 
     def validate(self, prefix: str = "train") -> None:
         _require_positive(self, prefix, "max_steps", "micro_batch_size", "grad_accum_steps")
+        _require_not_negative(self, prefix, "hang_timeout")
         _check_choices(self, prefix)
         _require(self.stop_at_step is None or 0 < self.stop_at_step <= self.max_steps,
                  f"{prefix}.stop_at_step", f"must be between 1 and {prefix}.max_steps="

@@ -70,6 +70,10 @@ from typing import Any
 # found) and 128+N (killed by signal N: 137 = SIGKILL, 143 = SIGTERM, 138 = SIGUSR1), so a crash,
 # a bad config or a kill never looks like a requeue request.
 REQUEUE_EXIT_CODE = 75
+# The exit status of a rank whose hang watchdog found training stuck (a peer gone silent;
+# pretrain/train/watchdog.py): nothing was saved, the job is requeued and resumes from the last
+# checkpoint. 76 is EX_PROTOCOL, next to EX_TEMPFAIL.
+HANG_EXIT_CODE = 76
 
 # The signals that ask for a save + requeue. SIGINT is Ctrl-C at a terminal: the first one saves
 # at the next step boundary like the others, a second one stops at once (KeyboardInterrupt;

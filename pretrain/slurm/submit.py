@@ -38,6 +38,7 @@ from pretrain.errors import InputError
 from pretrain.fileio import atomic_write_text
 from pretrain.parallel.topology import ParallelLayout, make_layout
 from pretrain.runs import RunDir
+from pretrain.slurm.signals import HANG_EXIT_CODE, REQUEUE_EXIT_CODE
 
 TEMPLATE = "train.sbatch"
 # Seconds srun waits for the other ranks once one has exited (see the template).
@@ -320,6 +321,8 @@ def render_script(name: str, job_dir: Path, shape: JobShape, members: int) -> st
         "srun_options": _srun_options(shape),
         "python": shlex.quote(sys.executable),
         "rank_launcher": RANK_LAUNCHER,
+        "requeue_exit_code": str(REQUEUE_EXIT_CODE),
+        "hang_exit_code": str(HANG_EXIT_CODE),
     }
     template = (resources.files("pretrain.slurm") / "templates" / TEMPLATE).read_text()
     return re.sub(r"\{\{(\w+)\}\}", lambda match: values[match[1]], template)

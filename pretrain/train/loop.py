@@ -5,11 +5,13 @@
     -> steps: train, guard (roll back bad steps), log, save, stop on a signal -> plot
 
 Callbacks (pretrain/train/callbacks.py) are called before and after each step and while a
-checkpoint is being saved; the only one today injects the crash-safety tests' faults.
+checkpoint is being saved; the only one today injects the crash-safety tests' faults. A
+watchdog (pretrain/train/watchdog.py) times every step, evaluation and save.
 
 Exit paths: finished (`TrainResult.requeue` False), or stopped on a signal / the Slurm end time
 after saving (`requeue` True: the CLI exits with REQUEUE_EXIT_CODE and the sbatch script
-requeues the job).
+requeues the job), or training found hung by the watchdog (the process exits with
+HANG_EXIT_CODE, no save: the script requeues and the job resumes from the last checkpoint).
 """
 
 from __future__ import annotations
@@ -71,6 +73,7 @@ from pretrain.train.faults import FaultInjector
 from pretrain.train.guard import DivergenceGuard, TrainingDiverged
 from pretrain.train.metrics import MetricsLogger, device_peak_flops, plot_loss_curve
 from pretrain.train.optim import build_optimizer, lr_multiplier
+from pretrain.train.watchdog import HangWatchdog
 
 
 @dataclass
@@ -355,10 +358,30 @@ class Trainer:
         bar = tqdm(total=stop_at, initial=progress.step, desc="train", dynamic_ncols=True,
                    disable=not (topology.is_main and config.logging.progress_bar
                                 and sys.stderr.isatty()))
-        loss_value, requeue = math.nan, False
+        # Ends this rank (HANG_EXIT_CODE, requeued) when a step, eval or save overruns its
+        # allowance: a peer gone silent would otherwise hold it for the process-group timeout.
+        watchdog = HangWatchdog(config.train.hang_timeout, topology.rank)
+        try:
+            requeue, loss_value = self._steps(watchdog, metrics, bar, stop_at)
+        finally:
+            watchdog.close()
+        bar.close()
+        metrics.close()
+        if self.mirror is not None:
+            self.mirror.wait()
+        return TrainResult(run_dir=self.run_dir, step=self.progress.step, final_loss=loss_value,
+                           checkpoint=self.last_saved, requeue=requeue)
+
+    def _steps(self, watchdog: HangWatchdog, metrics: MetricsLogger, bar: tqdm,
+               stop_at: int) -> tuple[bool, float]:
+        """Train to `stop_at` or a stop signal: (whether to requeue, the last loss)."""
+        config, topology, watch = self.config, self.topology, self.watch
+        assert watch is not None
+        loss_value = math.nan
         self.engine.deepspeed.train()
         while self.progress.step < stop_at:
             progress = self.progress
+            watchdog.enter("step", progress.step + 1)
             started = time.perf_counter()
             micro_batches = self.batches.take(config.train.grad_accum_steps)
             progress.batches += 1
@@ -373,6 +396,7 @@ class Trainer:
             bad = self.guard.check(progress.step + 1, progress.batches, loss_value,
                                    grad_norm)
             if bad:
+                watchdog.enter("rollback")
                 self._roll_back(bad)
                 metrics.rewind(self.progress.step)
                 bar.n = self.progress.step
@@ -387,7 +411,9 @@ class Trainer:
             validation = {}
             if self.validation is not None and (step == stop_at or (
                     config.eval.interval and step % config.eval.interval == 0)):
+                watchdog.enter("eval")
                 validation = self.validation.run(self.engine, self.device)
+                watchdog.enter("step")
             if step % config.logging.log_interval == 0 or step == stop_at or validation:
                 self._log(metrics, bar, loss_value, grad_norm, elapsed, validation)
             for callback in self.callbacks:
@@ -396,24 +422,21 @@ class Trainer:
             saved = False
             if step % config.checkpoint.interval == 0 or step == stop_at \
                     or step in config.checkpoint.save_at_steps:
+                watchdog.enter("save")
                 self.save()
+                watchdog.enter("step")
                 saved = True
             stop = self._stop_reason(watch) if step < stop_at else None
             if stop:
                 if not saved:
+                    watchdog.enter("save")
                     self.save()
                 grace = watch.seconds_since_signal()
                 _main_print(topology, f"[requeue] {stop}: saved step {step}"
                             + (f" {grace:.0f} s after the signal" if grace else "")
                             + "; exiting for a requeue")
-                requeue = True
-                break
-        bar.close()
-        metrics.close()
-        if self.mirror is not None:
-            self.mirror.wait()
-        return TrainResult(run_dir=self.run_dir, step=self.progress.step, final_loss=loss_value,
-                           checkpoint=self.last_saved, requeue=requeue)
+                return True, loss_value
+        return False, loss_value
 
 
 def build_training_engine(config: Config, layout: ParallelLayout, precision: str,

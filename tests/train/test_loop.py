@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from pretrain.checkpoint.store import LATEST, checkpoint_root, find_resumable
-from pretrain.slurm.signals import REQUEUE_EXIT_CODE
+from pretrain.slurm.signals import HANG_EXIT_CODE, REQUEUE_EXIT_CODE
 from pretrain.slurm.submit import RANK_LAUNCHER
 from pretrain.train.metrics import read_metrics
 from tests.cli_runs import (
@@ -117,13 +117,23 @@ def test_bad_input_is_one_clear_line(tmp_path, args, message):
     assert "Traceback" not in result.stderr
 
 
-@pytest.mark.distributed
-def test_two_ranks_under_torchrun_share_one_run(dataset, tmp_path):
-    run_dir = tmp_path / "run"
+TWO_RANKS = [*TINY, "train.max_steps=10"]
+
+
+@pytest.fixture(scope="module")
+def two_ranks(dataset, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess, set[Path]]:
+    """A 2-rank run of 10 steps, uninterrupted: its directory, its process, and the shared
+    memory files that were there before it."""
+    root = tmp_path_factory.mktemp("two_ranks")
     shared_memory = set(Path("/dev/shm").glob("deepspeed_allreduce_buffer_*"))
-    result = ok(pretrain("train", *TINY, f"data.dataset={dataset}", f"run.dir={run_dir}",
-                         "train.max_steps=10", "checkpoint.interval=10", cwd=tmp_path,
-                         processes=2))
+    result = ok(pretrain("train", *TWO_RANKS, f"data.dataset={dataset}", f"run.dir={root / 'run'}",
+                         "checkpoint.interval=10", cwd=root, processes=2))
+    return root / "run", result, shared_memory
+
+
+@pytest.mark.distributed
+def test_two_ranks_under_torchrun_share_one_run(two_ranks):
+    run_dir, result, shared_memory = two_ranks
     # DeepSpeed's CPU all-reduce buffers (66 MB each, in RAM) do not outlive the run.
     assert set(Path("/dev/shm").glob("deepspeed_allreduce_buffer_*")) <= shared_memory
     assert "2 rank(s)" in result.stdout
@@ -133,6 +143,34 @@ def test_two_ranks_under_torchrun_share_one_run(dataset, tmp_path):
     assert meta["world_size"] == 2
     assert {"rng_rank00000.pt", "rng_rank00001.pt"} <= set(meta["files"])
     assert len(list(folder.glob("zero_pp_rank_*_optim_states.pt"))) == 2
+
+
+@pytest.mark.distributed
+def test_a_stuck_rank_is_found_by_the_watchdog_and_the_resumed_run_loses_nothing(
+        dataset, tmp_path, two_ranks):
+    # Rank 0 stalls after step 6 and rank 1 waits for it in the next collective, as a rank
+    # whose peer went silent would (no reset, no error): without the watchdog both would sit
+    # there for the process group's 30-minute timeout.
+    run_dir = tmp_path / "run"
+    args = ["train", *TWO_RANKS, f"data.dataset={dataset}", f"run.dir={run_dir}",
+            "checkpoint.interval=4", "train.hang_timeout=3"]
+    started = time.monotonic()
+    hung = pretrain(*args, cwd=tmp_path, processes=2, env={"SIYADA_FAULT": "hang@6"})
+    took = time.monotonic() - started
+    assert hung.returncode != 0, hung.stdout[-2000:] + hung.stderr[-2000:]
+    for rank in (0, 1):
+        line = next(line for line in hung.stderr.splitlines()
+                    if line.startswith(f"[watchdog] rank {rank}: "))
+        assert "at step 6 (in a step; allowed 3 s = max(train.hang_timeout=3" in line
+        assert f"exiting with status {HANG_EXIT_CODE}" in line
+    assert f"exitcode  : {HANG_EXIT_CODE}" in hung.stderr  # torchrun's summary of the failure
+    assert took < 120  # seconds, where the process group alone would have waited 30 minutes
+    assert len(losses(run_dir)) == 6
+    # The run resumes from step 4 (the hang is once per run) and ends where the straight run
+    # ended, bitwise: steps 5 and 6, trained twice, come out the same.
+    resumed = ok(pretrain(*args, cwd=tmp_path, processes=2, env={"SIYADA_FAULT": "hang@6"}))
+    assert "[checkpoint] resumed from step 4" in resumed.stdout
+    assert losses(run_dir) == losses(two_ranks[0])
 
 
 def test_both_engines_train_alike_with_our_triton_kernels(dataset, tmp_path):
