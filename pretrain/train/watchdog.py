@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable
 
 from pretrain.slurm.signals import HANG_EXIT_CODE
+
 # An interval may take this many times the longest one of its kind before it counts as hung.
 HANG_FACTOR = 10.0
 
