@@ -549,6 +549,9 @@ class LoggingConfig:
     log_interval: int = 10
     tensorboard: bool = True
     progress_bar: bool = True  # on a terminal only (never in a log file or a pipe)
+    # Record which sequences (a hash of their tokens) each rank trains on, per global batch,
+    # in samples/rank_N.jsonl: an audit of what a step saw; 16 hex digits per sequence.
+    sample_log: bool = False
 
     def validate(self, prefix: str = "logging") -> None:
         _require_positive(self, prefix, "log_interval")

@@ -7,6 +7,9 @@
       tensorboard/               the same metrics as TensorBoard events
       loss.png                   the loss curves, drawn when the run finishes
       guard.json                 batches the divergence guard skips (pretrain/train/guard.py)
+      samples/rank_N.jsonl       which sequences each rank trained on, per global batch, when
+                                 logging.sample_log is on (pretrain/train/sample_log.py)
+      faults/                    the crash-safety tests' injected faults that already fired
       checkpoints/               step_N folders and `latest` (pretrain/checkpoint/store.py)
       data/                      the prepared dataset, when data.dataset is not set
       slurm/                     scripts, frozen configs and logs of `pretrain submit`
@@ -71,6 +74,14 @@ class RunDir:
     @property
     def guard(self) -> Path:
         return self.root / "guard.json"
+
+    @property
+    def samples(self) -> Path:
+        return self.root / "samples"
+
+    @property
+    def faults(self) -> Path:
+        return self.root / "faults"
 
     @property
     def checkpoints(self) -> Path:

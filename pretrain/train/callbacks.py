@@ -1,8 +1,11 @@
 """Callbacks: what the training loop calls at fixed points of every step, for concerns that are
-not training itself (today: the fault injection of the crash-safety tests, pretrain/train/
-faults.py). A callback overrides the points it needs; the loop calls them in order.
+not training itself (the sample log, pretrain/train/sample_log.py; the fault injection of
+the crash-safety tests, pretrain/train/faults.py). A callback overrides the points it needs;
+the loop calls them in order.
 
-    before_step(trainer, batch)   a global batch is about to be trained (counted from 1)
+    before_step(trainer, batch, micro_batches)
+                                  global batch `batch` (counted from 1) is about to be trained
+                                  on this rank from these micro-batches
     after_step(trainer, step)     step `step` is done and logged, before any checkpoint
     while_saving(step)            every file of the step's checkpoint is written, nothing is
                                   committed yet (no meta.json, `latest` not moved)
@@ -16,7 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Protocol
 
-from pretrain.parallel.engine import Engine
+from pretrain.parallel.engine import Engine, MicroBatch
 from pretrain.parallel.topology import Topology
 from pretrain.slurm.signals import StopWatch
 
@@ -29,7 +32,8 @@ class TrainerView(Protocol):
 
 
 class Callback:
-    def before_step(self, trainer: TrainerView, batch: int) -> None:
+    def before_step(self, trainer: TrainerView, batch: int,
+                    micro_batches: list[MicroBatch]) -> None:
         pass
 
     def after_step(self, trainer: TrainerView, step: int) -> None:

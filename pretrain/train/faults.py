@@ -28,6 +28,8 @@ from collections import defaultdict
 from torch import Tensor
 
 from pretrain.checkpoint.store import committed
+from pretrain.parallel.engine import MicroBatch
+from pretrain.runs import RunDir
 from pretrain.train.callbacks import Callback, TrainerView
 
 ENV = "SIYADA_FAULT"
@@ -50,7 +52,8 @@ class FaultInjector(Callback):
         spec = os.environ.get(ENV, "")
         return cls(spec) if spec else None
 
-    def before_step(self, trainer: TrainerView, batch: int) -> None:
+    def before_step(self, trainer: TrainerView, batch: int,
+                    micro_batches: list[MicroBatch]) -> None:
         trainer.engine.objective.hook = _nan if batch in self.planned["nan"] else None
 
     def after_step(self, trainer: TrainerView, step: int) -> None:
@@ -65,10 +68,10 @@ class FaultInjector(Callback):
                 handle.write(bytes([byte[0] ^ 1]))
             print(f"[fault] {ENV}: flipped a bit of {victim} after step {step}", flush=True)
         if trainer.topology.rank == 0 and step in self.planned["hang"]:
-            marker = trainer.run_dir / "faults" / f"hang@{step}"
+            marker = RunDir(trainer.run_dir).faults / f"hang@{step}"
             if marker.exists():
                 return
-            marker.parent.mkdir(exist_ok=True)
+            marker.parent.mkdir(parents=True, exist_ok=True)
             marker.touch()
             print(f"[fault] {ENV}: hanging after step {step}", flush=True)
             while trainer.watch is None or trainer.watch.reason() is None:

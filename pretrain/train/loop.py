@@ -5,8 +5,8 @@
     -> steps: train, guard (roll back bad steps), log, save, stop on a signal -> plot
 
 Callbacks (pretrain/train/callbacks.py) are called before and after each step and while a
-checkpoint is being saved; the only one today injects the crash-safety tests' faults. A
-watchdog (pretrain/train/watchdog.py) times every step, evaluation and save.
+checkpoint is being saved: the sample log (logging.sample_log) and the crash-safety tests'
+faults. A watchdog (pretrain/train/watchdog.py) times every step, evaluation and save.
 
 Exit paths: finished (`TrainResult.requeue` False), or stopped on a signal / the Slurm end time
 after saving (`requeue` True: the CLI exits with REQUEUE_EXIT_CODE and the sbatch script
@@ -73,6 +73,7 @@ from pretrain.train.faults import FaultInjector
 from pretrain.train.guard import DivergenceGuard, TrainingDiverged
 from pretrain.train.metrics import MetricsLogger, device_peak_flops, plot_loss_curve
 from pretrain.train.optim import build_optimizer, lr_multiplier
+from pretrain.train.sample_log import SampleLog
 from pretrain.train.watchdog import HangWatchdog
 
 
@@ -390,7 +391,7 @@ class Trainer:
                             "(found bad before)")
                 continue
             for callback in self.callbacks:
-                callback.before_step(self, progress.batches)
+                callback.before_step(self, progress.batches, micro_batches)
             loss_value = self.engine.train_step(micro_batches)
             grad_norm = self.engine.grad_norm()
             bad = self.guard.check(progress.step + 1, progress.batches, loss_value,
@@ -542,9 +543,14 @@ def _train_locked(config: Config, watch: StopWatch, topology: Topology) -> Train
     validation = Validation.from_dataset(
         config.dataset_dir, config.train.micro_batch_size, config.eval.max_sequences,
         layout.data_rank_of(topology.rank), layout.data_parallel) if config.eval.enabled else None
+    callbacks: list[Callback] = []
+    if config.logging.sample_log:
+        callbacks.append(SampleLog(run_dir, topology.rank, layout.data_rank_of(topology.rank)))
     faults = FaultInjector.from_environment()  # the crash-safety tests' only
+    if faults is not None:
+        callbacks.append(faults)
     trainer = Trainer(config, topology, layout, engine, make_loader, identity, device, precision,
-                      validation, [faults] if faults is not None else [])
+                      validation, callbacks)
     if plan is not None:
         try:
             trainer.restore(plan)

@@ -31,7 +31,7 @@ def test_nan_poisons_only_its_global_batch_before_backward():
     logits, labels = torch.randn(1, 4, 8), torch.tensor([[1, 2, 3, -100]])
     seen = []
     for batch in (1, 2, 3):
-        injector.before_step(loop, batch)
+        injector.before_step(loop, batch, [])
         objective, cross_entropy = loop.engine.objective(logits, labels)
         seen.append((bool(objective.isnan()), bool(cross_entropy.isnan())))
     assert seen == [(False, False), (True, False), (False, False)]
