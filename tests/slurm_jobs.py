@@ -12,23 +12,36 @@ from pathlib import Path
 import pytest
 
 SLURM_ROOT = Path(os.environ.get("SIYADA_SLURM_ROOT", "/tmp/siyada-slurm"))
+# The 2-node cluster (slurm/local/start.sh --nodes 2 under this root; .ci/run starts it).
+MULTI_NODE_ROOT = Path(os.environ.get("SIYADA_SLURM_MULTINODE_ROOT", "/tmp/siyada-slurm-2n"))
 # A safety net, not a window: waits are on job states; a busy CI machine takes its time.
 JOB_TIMEOUT_S = 900
 
 
-def cluster_conf() -> Path:
-    """The local cluster's slurm.conf, or skip with the reason it is not there."""
-    conf = Path(os.environ.get("SLURM_CONF", SLURM_ROOT / "etc" / "slurm.conf"))
+def cluster_conf(nodes: int = 1) -> Path:
+    """The slurm.conf of the local cluster of `nodes` node(s) (the one-node cluster, or the
+    2-node one under MULTI_NODE_ROOT), or skip with the reason it is not there."""
+    root = SLURM_ROOT if nodes == 1 else MULTI_NODE_ROOT
+    start = "slurm/local/start.sh" if nodes == 1 else (
+        f"SIYADA_SLURM_ROOT={root} SIYADA_SLURM_LINK_ETC=0 slurm/local/start.sh --nodes {nodes}")
+    default = root / "etc" / "slurm.conf"
+    conf = Path(os.environ.get("SLURM_CONF", default)) if nodes == 1 else default
     if shutil.which("sbatch") is None:
-        pytest.skip("Slurm is not installed: start the local cluster with slurm/local/start.sh "
+        pytest.skip(f"Slurm is not installed: start the local cluster with {start} "
                     "(needs root and apt-get; .ci/run does it)")
-    unavailable = SLURM_ROOT / "unavailable"
+    unavailable = root / "unavailable"
     reason = unavailable.read_text().strip() if unavailable.is_file() else "not started"
-    ping = subprocess.run(["scontrol", "ping"], env={**os.environ, "SLURM_CONF": str(conf)},
-                          capture_output=True, text=True, timeout=30)
+    env = {**os.environ, "SLURM_CONF": str(conf)}
+    ping = subprocess.run(["scontrol", "ping"], env=env, capture_output=True, text=True,
+                          timeout=30)
     if "is UP" not in ping.stdout:
-        pytest.skip(f"the local Slurm cluster is not running ({reason}): start it with "
-                    "slurm/local/start.sh")
+        pytest.skip(f"the local {nodes}-node Slurm cluster is not running ({reason}): start it "
+                    f"with {start}")
+    listed = subprocess.run(["sinfo", "-h", "-N", "-o", "%N"], env=env, capture_output=True,
+                            text=True, timeout=30).stdout.split()
+    if len(set(listed)) != nodes:
+        pytest.skip(f"the Slurm cluster of {conf} has {len(set(listed))} node(s), not {nodes}: "
+                    f"start it with {start}")
     return conf
 
 

@@ -357,7 +357,8 @@ class ParallelLayout:
         nodes: dict[str, list[int]] = {}
         for rank, host in enumerate(hosts):
             nodes.setdefault(host, []).append(rank)
-        shown = [f"{host}: {_rank_list(ranks)}" for host, ranks in nodes.items()]
+        shown = [f"{host}: {'rank' if len(ranks) == 1 else 'ranks'} {_rank_list(ranks)}"
+                 for host, ranks in nodes.items()]
         lines = [f"  {_plural(len(nodes), 'node')}, ranks per node: "
                  + " | ".join(shown[:max_nodes])
                  + (f" | ... {len(shown) - max_nodes} more" if len(shown) > max_nodes else "")]

@@ -275,3 +275,17 @@ def test_make_layout_rejects_more_stages_than_layers() -> None:
 def test_make_layout_rejects_zero_stages() -> None:
     with pytest.raises(ConfigError, match="parallel.pipeline_stages"):
         make_layout(4, 0, n_layers=4)
+
+
+def test_describe_names_the_nodes_and_the_stages_that_cross_them() -> None:
+    layout = ParallelLayout(world_size=4, pipeline_stages=2)
+    text = layout.describe(["n1", "n1", "n2", "n2"])
+    assert text.splitlines()[-2:] == ["  2 nodes, ranks per node: n1: ranks 0, 1 | n2: ranks 2, 3",
+                                      "  stages that cross nodes: 0 -> 1 (n1 -> n2)"]
+    # Stage-major ranks on a node each: both stages of a pipeline share its node.
+    text = ParallelLayout(world_size=4, pipeline_stages=2).describe(["n1", "n2", "n1", "n2"])
+    assert text.endswith("  every pipeline stays on one node")
+    assert ParallelLayout(2, 1).describe(["a", "b"]).endswith(
+        "  2 nodes, ranks per node: a: rank 0 | b: rank 1")
+    with pytest.raises(ValueError, match="3 host names for 2 ranks"):
+        ParallelLayout(2, 1).describe(["a", "b", "c"])
