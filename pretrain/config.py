@@ -461,6 +461,11 @@ class TrainConfig:
     stop_at_step: int | None = None  # stop (and save) early, e.g. to split a run across jobs
     micro_batch_size: int = 8  # sequences per rank per forward pass
     grad_accum_steps: int = 1
+    # Sequences per optimizer step over all ranks; 0: micro_batch_size x grad_accum_steps x
+    # the data-parallel ranks. When set, grad_accum_steps is derived from it at every start,
+    # so a job that comes back on more or fewer nodes keeps its batch (`pretrain submit
+    # --nodes MIN-MAX` sets it); it must then split into whole accumulation steps.
+    global_batch_size: int = 0
     seed: int = 1234
     # auto: bf16 where the device supports it, fp32 on CPU
     precision: str = choice(Precision, "auto")
@@ -471,11 +476,27 @@ class TrainConfig:
 
     def validate(self, prefix: str = "train") -> None:
         _require_positive(self, prefix, "max_steps", "micro_batch_size", "grad_accum_steps")
-        _require_not_negative(self, prefix, "hang_timeout")
+        _require_not_negative(self, prefix, "hang_timeout", "global_batch_size")
+        _require(self.global_batch_size % self.micro_batch_size == 0,
+                 f"{prefix}.global_batch_size", f"must be a multiple of {prefix}."
+                 f"micro_batch_size={self.micro_batch_size}, got {self.global_batch_size}")
         _check_choices(self, prefix)
         _require(self.stop_at_step is None or 0 < self.stop_at_step <= self.max_steps,
                  f"{prefix}.stop_at_step", f"must be between 1 and {prefix}.max_steps="
                  f"{self.max_steps}, got {self.stop_at_step}")
+
+    def accumulation_for(self, data_parallel: int, prefix: str = "train") -> int:
+        """The gradient-accumulation steps on `data_parallel` ranks: grad_accum_steps, or the
+        ones that make global_batch_size; ConfigError when that is not a whole number."""
+        if not self.global_batch_size:
+            return self.grad_accum_steps
+        per_step = self.micro_batch_size * data_parallel
+        _require(self.global_batch_size % per_step == 0, f"{prefix}.global_batch_size",
+                 f"{self.global_batch_size} sequences do not split over {data_parallel} "
+                 f"data-parallel rank(s) x {prefix}.micro_batch_size={self.micro_batch_size} "
+                 f"(= {per_step} per accumulation step); use a multiple of {per_step}, or a "
+                 "node count whose ranks divide it")
+        return self.global_batch_size // per_step
 
 
 @dataclass

@@ -139,3 +139,16 @@ def test_a_yaml_syntax_error_is_one_line_with_its_place(tmp_path):
     assert "\n" not in str(error.value)
     assert "broken.yaml: not valid YAML: line 3, column 10: did not find expected" in \
         str(error.value)
+
+
+def test_the_global_batch_sets_the_accumulation_for_each_data_parallel_size():
+    train = load_config(None, ["train.micro_batch_size=4", "train.grad_accum_steps=5"]).train
+    assert [train.accumulation_for(n) for n in (1, 2, 8)] == [5, 5, 5]  # unset: as configured
+    train = load_config(None, ["train.micro_batch_size=4", "train.global_batch_size=32"]).train
+    assert [train.accumulation_for(n) for n in (1, 2, 4, 8)] == [8, 4, 2, 1]
+    with pytest.raises(ConfigError, match=r"'train.global_batch_size': 32 sequences do not split "
+                       r"over 3 data-parallel rank\(s\) x train.micro_batch_size=4 \(= 12 per "
+                       r"accumulation step\)"):
+        train.accumulation_for(3)
+    with pytest.raises(ConfigError, match="must be a multiple of train.micro_batch_size=4, got 30"):
+        load_config(None, ["train.micro_batch_size=4", "train.global_batch_size=30"])

@@ -483,7 +483,7 @@ def _pipeline_stage(config: Config, split: StageSplit, stages: int, data_paralle
         step = (4 + 4) * shard  # fp32 gradient partition + AdamW temporary
     optimizer = 12 * shard  # fp32 master copy + 2 moments, sharded over data parallel
     # 1F1B: stage s holds the activations of up to p - s micro-batches (the first stage most).
-    in_flight = min(stages - split.stage, config.train.grad_accum_steps)
+    in_flight = min(stages - split.stage, config.train.accumulation_for(data_parallel))
     activations = _activations(model, split, in_flight, tokens,
                                parallel.activation_checkpointing, config.data.seq_len, precision)
     neighbours = (split.stage > 0) + (split.stage < stages - 1)
@@ -533,7 +533,8 @@ def plan_memory(config: Config, nodes: int, gpus_per_node: int, gpu: str | GpuSp
         activation_checkpointing=parallel.activation_checkpointing,
         attention=attention_kind(model), offload_optimizer=parallel.offload_optimizer,
         offload_params=parallel.offload_params, micro_batch_size=config.train.micro_batch_size,
-        micro_batches=config.train.grad_accum_steps, seq_len=config.data.seq_len,
+        micro_batches=config.train.accumulation_for(layout.data_parallel),
+        seq_len=config.data.seq_len,
         parameters=count_parameters(model),
         layer_activation_bytes_per_token=layer_activation_bytes(
             model, parallel.activation_checkpointing, config.data.seq_len, precision),
@@ -615,7 +616,8 @@ def estimate_throughput(config: Config, nodes: int, gpus_per_node: int,
     stages = parallel.pipeline_stages if parallel.engine == "pipeline" else 1
     layout = make_layout(world, stages, model.n_layers)
     seq_len, mode = config.data.seq_len, parallel.activation_checkpointing
-    sequences = train.micro_batch_size * train.grad_accum_steps * layout.data_parallel
+    accumulation = train.accumulation_for(layout.data_parallel)
+    sequences = train.micro_batch_size * accumulation * layout.data_parallel
     tokens = sequences * seq_len
     model_flops = flops_per_token(model, seq_len)
     recompute = recompute_flops_per_token(model, seq_len, mode, assumptions)
@@ -628,7 +630,7 @@ def estimate_throughput(config: Config, nodes: int, gpus_per_node: int,
         slowest = max(split.layers * block + (head if split.has_head else 0)
                       for split in pipeline_stages(model, stages))
         micro_batch_time = train.micro_batch_size * seq_len * slowest / speed
-        step_time = (train.grad_accum_steps + stages - 1) * micro_batch_time
+        step_time = (accumulation + stages - 1) * micro_batch_time
     return ThroughputPlan(
         gpu=spec, world_size=world, tokens_per_step=tokens, global_batch_sequences=sequences,
         model_flops_per_step=model_flops * tokens,

@@ -16,9 +16,10 @@ if TYPE_CHECKING:  # imported where used: `pretrain --help` stays fast
 
 
 def job_shape(args: argparse.Namespace) -> JobShape:
-    from pretrain.slurm.submit import JobShape
+    from pretrain.slurm.submit import JobShape, parse_nodes
 
-    return JobShape(nodes=args.nodes, gpus_per_node=args.gpus_per_node,
+    min_nodes, nodes = parse_nodes(args.nodes)
+    return JobShape(nodes=nodes, min_nodes=min_nodes, gpus_per_node=args.gpus_per_node,
                     tasks_per_node=args.tasks_per_node, cpus_per_task=args.cpus_per_task,
                     time=args.time, partition=args.partition, account=args.account,
                     grace_s=args.grace, chain=args.chain, max_concurrent=args.max_concurrent,
@@ -57,7 +58,10 @@ def submit(args: argparse.Namespace) -> None:
 
 def add_job_shape_arguments(parser: argparse.ArgumentParser) -> None:
     """The Slurm job's resources and options: `submit` and `scaling submit` share them."""
-    parser.add_argument("--nodes", type=int, default=1, help="nodes (default 1)")
+    parser.add_argument("--nodes", default="1", metavar="N|MIN-MAX",
+                        help="nodes (default 1); MIN-MAX: an elastic job that may start, or "
+                        "come back after a node failure, on fewer nodes, keeping its global "
+                        "batch by gradient accumulation")
     parser.add_argument("--gpus-per-node", type=int, default=8,
                         help="GPUs per node, one rank each (default 8; 0 for CPU ranks)")
     parser.add_argument("--tasks-per-node", type=int,

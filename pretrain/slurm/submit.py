@@ -59,7 +59,7 @@ class SubmitError(InputError):
 class JobShape:
     """The Slurm resources and options of a training job (the `pretrain submit` flags)."""
 
-    nodes: int = 1
+    nodes: int = 1  # the most nodes (all of them, unless min_nodes is set)
     gpus_per_node: int = 8
     tasks_per_node: int | None = None  # None: one per GPU (one per node without GPUs)
     cpus_per_task: int | None = None  # None: the cluster's default
@@ -71,6 +71,24 @@ class JobShape:
     max_concurrent: int | None = None  # array tasks running at once
     setup: tuple[str, ...] = ()  # shell lines run before srun (module load, source venv)
     sbatch_args: tuple[str, ...] = ()  # extra #SBATCH options, e.g. "--qos=high"
+    # Elastic (`--nodes MIN-MAX`): the job may start, or come back after a requeue, on any
+    # count of nodes from min_nodes to nodes; None: exactly `nodes`.
+    min_nodes: int | None = None
+
+    @property
+    def elastic(self) -> bool:
+        return self.min_nodes is not None and self.min_nodes != self.nodes
+
+    @property
+    def node_counts(self) -> range:
+        """Every number of nodes the job may run on."""
+        return range(self.min_nodes if self.min_nodes is not None else self.nodes,
+                     self.nodes + 1)
+
+    @property
+    def nodes_text(self) -> str:
+        """"4", or "2-4" for an elastic job: what --nodes (and Slurm) write."""
+        return f"{self.node_counts[0]}-{self.nodes}" if self.elastic else str(self.nodes)
 
     @property
     def ranks_per_node(self) -> int:
@@ -144,8 +162,22 @@ def time_limit_seconds(text: str) -> int:
     return ((days * 24 + hours) * 60 + minutes) * 60 + seconds
 
 
+def parse_nodes(text: str) -> tuple[int | None, int]:
+    """--nodes: "4" -> (None, 4); "2-4" -> (2, 4), Slurm's node range."""
+    low, dash, high = text.strip().partition("-")
+    try:
+        numbers = (int(low), int(high)) if dash else (None, int(low))
+    except ValueError:
+        raise SubmitError(f"--nodes {text!r}: write a number of nodes (4) or a range MIN-MAX "
+                          "(2-4) for a job that may run on fewer nodes") from None
+    if numbers[0] is not None and numbers[0] > numbers[1]:
+        raise SubmitError(f"--nodes {text!r}: the range's minimum is above its maximum")
+    return numbers
+
+
 def check_shape(shape: JobShape) -> None:
-    for flag, value in (("--nodes", shape.nodes), ("--chain", shape.chain),
+    for flag, value in (("--nodes", shape.nodes), ("--nodes", shape.min_nodes),
+                        ("--chain", shape.chain),
                         ("--tasks-per-node", shape.tasks_per_node),
                         ("--cpus-per-task", shape.cpus_per_task),
                         ("--max-concurrent", shape.max_concurrent)):
@@ -169,13 +201,48 @@ def check_shape(shape: JobShape) -> None:
 
 
 def check_layout(config: Config, shape: JobShape, who: str) -> ParallelLayout:
-    """The rank layout this job would get; a clear error when the config cannot use it."""
-    try:
-        return make_layout(shape.world_size, config.parallel.pipeline_stages,
-                           config.model.n_layers)
-    except ConfigError as error:
-        raise SubmitError(f"{who}: {shape.nodes} node(s) x {shape.ranks_per_node} rank(s) = "
-                          f"{shape.world_size} ranks: {error}") from None
+    """The rank layout this job gets on its most nodes; a clear error when the config cannot
+    use it, or (an elastic job) any other node count it may come back on.
+
+    An elastic job keeps its global batch on every node count: unless the config sets
+    train.global_batch_size, it is set here to the batch on the most nodes, and every count
+    must split it into whole accumulation steps.
+    """
+    layouts = {}
+    for nodes in shape.node_counts:
+        world = nodes * shape.ranks_per_node
+        try:
+            layouts[nodes] = make_layout(world, config.parallel.pipeline_stages,
+                                         config.model.n_layers)
+        except ConfigError as error:
+            raise SubmitError(f"{who}: {nodes} node(s) x {shape.ranks_per_node} rank(s) = "
+                              f"{world} ranks: {error}") from None
+    layout = layouts[shape.nodes]
+    if shape.elastic:
+        train = config.train
+        if not train.global_batch_size:
+            train.global_batch_size = (train.micro_batch_size * train.grad_accum_steps
+                                       * layout.data_parallel)
+        for nodes, other in layouts.items():
+            try:
+                train.accumulation_for(other.data_parallel)
+            except ConfigError as error:
+                raise SubmitError(f"{who}: --nodes {shape.nodes_text} cannot keep the global "
+                                  f"batch on {nodes} node(s): {error}") from None
+    return layout
+
+
+def describe_elastic(config: Config, shape: JobShape) -> str:
+    """How an elastic job keeps its global batch on each node count."""
+    train = config.train
+    counts = []
+    for nodes in shape.node_counts:
+        data_parallel = make_layout(nodes * shape.ranks_per_node, config.parallel.pipeline_stages,
+                                    config.model.n_layers).data_parallel
+        counts.append(f"{train.accumulation_for(data_parallel)} on {nodes} node(s)")
+    return (f"elastic: {shape.nodes_text} nodes, global batch {train.global_batch_size} "
+            f"sequences (train.global_batch_size) kept by the gradient accumulation steps: "
+            + ", ".join(counts))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -275,7 +342,7 @@ def _environment(shape: JobShape) -> str:
 
 
 def _directives(name: str, shape: JobShape, submission_dir: Path, members: int) -> list[str]:
-    options = [f"--job-name={name}", f"--nodes={shape.nodes}",
+    options = [f"--job-name={name}", f"--nodes={shape.nodes_text}",
                f"--ntasks-per-node={shape.ranks_per_node}"]
     if shape.gpus_per_node:
         options.append(f"--gpus-per-node={shape.gpus_per_node}")
@@ -299,7 +366,9 @@ def _directives(name: str, shape: JobShape, submission_dir: Path, members: int) 
 
 
 def _srun_options(shape: JobShape) -> str:
-    options = [f"--nodes={shape.nodes}", f"--ntasks-per-node={shape.ranks_per_node}",
+    # An elastic job runs on the nodes it got (Slurm sets SLURM_JOB_NUM_NODES).
+    nodes = "$SLURM_JOB_NUM_NODES" if shape.elastic else str(shape.nodes)
+    options = [f"--nodes={nodes}", f"--ntasks-per-node={shape.ranks_per_node}",
                "--kill-on-bad-exit=0", f"--wait={RANK_EXIT_WAIT_S}"]
     if shape.cpus_per_task:
         # Since Slurm 22.05 srun no longer inherits --cpus-per-task from sbatch.
@@ -396,9 +465,12 @@ def submit(submission: Submission, chain: int) -> list[str]:
 
 def describe(submission: Submission, shape: JobShape) -> str:
     """What will run, for the person at the terminal."""
-    lines = [f"job {submission.name!r}: {shape.nodes} node(s) x {shape.ranks_per_node} rank(s)"
+    lines = [f"job {submission.name!r}: {shape.nodes_text} node(s) x {shape.ranks_per_node} "
+             "rank(s)"
              + (f" ({shape.gpus_per_node} GPUs per node)" if shape.gpus_per_node else " (CPU)"),
              submission.layout.describe(shape.node_of_each_rank())]
+    if shape.elastic:
+        lines.append(describe_elastic(submission.members[0].config, shape))
     if submission.is_array:
         lines.append(f"job array of {len(submission.members)} runs:")
         for index, member in enumerate(submission.members):

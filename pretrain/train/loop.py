@@ -495,6 +495,22 @@ def _train(config: Config, watch: StopWatch) -> TrainResult:
             lock.release()
 
 
+def _keep_global_batch(config: Config, layout: ParallelLayout, topology: Topology) -> None:
+    """With train.global_batch_size, derive the accumulation steps for this layout (a job
+    requeued onto fewer or more nodes keeps its global batch), and say so."""
+    train = config.train
+    if not train.global_batch_size:
+        return
+    accumulation = train.accumulation_for(layout.data_parallel)
+    _main_print(topology, f"[parallel] global batch {train.global_batch_size} sequences = "
+                f"{layout.data_parallel} data-parallel rank(s) x micro batch "
+                f"{train.micro_batch_size} x {accumulation} accumulation step(s) "
+                "(train.global_batch_size"
+                + (f"; replaces train.grad_accum_steps={train.grad_accum_steps})"
+                   if accumulation != train.grad_accum_steps else ")"))
+    train.grad_accum_steps = accumulation
+
+
 def _train_locked(config: Config, watch: StopWatch, topology: Topology) -> TrainResult:
     run_dir = config.run_dir
     seed_everything(config.train.seed)
@@ -509,6 +525,7 @@ def _train_locked(config: Config, watch: StopWatch, topology: Topology) -> Train
     dist.all_gather_object(hosts, socket.gethostname())
     _main_print(topology, f"[parallel] engine {config.parallel.engine}, "
                 f"{layout.describe(hosts)}")
+    _keep_global_batch(config, layout, topology)
     identity = checkpoint.run_identity(config, layout, manifest["tokenizer"]["sha256"])
     plan = _plan_resume(config, identity, topology) if config.checkpoint.resume else None
     stop_at = config.train.stop_at_step or config.train.max_steps

@@ -475,7 +475,9 @@ def final_loader_state(run_dir: Path) -> dict:
     # a 2-stage pipeline -> 1 stage, same global batch
     ((2, ["parallel.engine=pipeline", "parallel.pipeline_stages=2", "train.grad_accum_steps=2"]),
      (1, ["parallel.engine=pipeline", "train.grad_accum_steps=2"])),
-], ids=["zero3-2dp-to-1", "pipeline-2pp-to-1"])
+    # an elastic job's: train.global_batch_size set, the accumulation derived on each start
+    ((2, ["train.global_batch_size=16"]), (1, ["train.global_batch_size=16"])),
+], ids=["zero3-2dp-to-1", "pipeline-2pp-to-1", "global-batch-2dp-to-1"])
 def test_resume_on_another_layout_reshards_and_keeps_the_curve(dataset, tmp_path, before, after):
     """The state comes back exactly (reshard.py); the losses after the switch agree with an
     uninterrupted run to 1e-6 relative, the bound of tests/parallel/test_distributed.py, because
@@ -493,6 +495,9 @@ def test_resume_on_another_layout_reshards_and_keeps_the_curve(dataset, tmp_path
                           processes=new_processes))
     assert "through a universal checkpoint" in resumed.stdout
     assert "resumed from step 10" in resumed.stdout
+    if "train.global_batch_size=16" in new_layout:
+        assert ("[parallel] global batch 16 sequences = 1 data-parallel rank(s) x micro batch 8 "
+                "x 2 accumulation step(s)") in resumed.stdout
     expected, curve = losses(straight_dir), losses(switched)
     assert curve[:10] == expected[:10]
     assert curve[10:] == pytest.approx(expected[10:], rel=1e-6)

@@ -152,10 +152,12 @@ def test_pipeline_stages_across_nodes_match_one_node(runs, slurm_env):
 
 
 def alone_on_the_cluster(env: dict[str, str]) -> None:
-    """Wait until no job is queued or running (a failure test hits every job on its node)."""
+    """Wait until no job is queued or running (a failure test hits every job on its node) and
+    both nodes are idle (a node still completing a job would not be given to the next one)."""
     def empty() -> bool:
-        return subprocess.run(["squeue", "-h", "-o", "%i"], env={**os.environ, **env},
-                              capture_output=True, text=True, timeout=30).stdout.strip() == ""
+        queued = subprocess.run(["squeue", "-h", "-o", "%i"], env={**os.environ, **env},
+                                capture_output=True, text=True, timeout=30).stdout.strip()
+        return queued == "" and set(node_states(env).values()) == {"idle"}
     wait_for(empty, "the other jobs of the 2-node cluster to end")
 
 
@@ -231,3 +233,4 @@ def test_a_silent_node_is_found_by_the_watchdog_and_the_job_resumes(runs, slurm_
     assert f"exiting with status {HANG_EXIT_CODE}" in line
     assert re.search(r"\[checkpoint\] resumed from step (10|15)", log)
     assert losses(root / "runs" / "cut") == losses(root / "runs" / "zero3")  # bitwise
+

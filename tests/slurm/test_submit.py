@@ -79,6 +79,15 @@ def test_dry_run_of_a_16_node_pipeline_job(capsys, tmp_path, monkeypatch):
     (["--time", "4:00", "--grace", "300"], "--grace 300 s is not shorter than --time 4:00"),
     (["--time", "soon"], "--time 'soon': not a Slurm time limit"),
     (["--nodes", "0"], "--nodes must be at least 1"),
+    (["--nodes", "3-2"], "--nodes '3-2': the range's minimum is above its maximum"),
+    (["--nodes", "two"], "--nodes 'two': write a number of nodes (4) or a range MIN-MAX (2-4)"),
+    (["train.micro_batch_size=8", "--nodes", "2-3", "--gpus-per-node", "0"],
+     "--nodes 2-3 cannot keep the global batch on 2 node(s): bad value for "
+     "'train.global_batch_size': 24 sequences do not split over 2 data-parallel rank(s) x "
+     "train.micro_batch_size=8 (= 16 per accumulation step)"),
+    (["parallel.engine=pipeline", "parallel.pipeline_stages=2", "--nodes", "1-2",
+      "--gpus-per-node", "0"],
+     "1 node(s) x 1 rank(s) = 1 ranks: bad value for 'parallel.pipeline_stages'"),
     (["--sweep", "optim.lr"], "--sweep 'optim.lr': write KEY=VALUE1,VALUE2"),
     (["--sweep", "optim.lr=1e-3,2e-3", "--chain", "2"], "--chain cannot be used with a job array"),
     (["model.n_head=4"], "unknown config key 'model.n_head'"),
@@ -91,6 +100,26 @@ def test_an_impossible_job_is_refused_with_one_clear_line(capsys, tmp_path, monk
     assert err.startswith("pretrain submit: error: ") and err.count("\n") == 1
     assert message in err
     assert out == ""
+
+
+def test_an_elastic_job_keeps_its_global_batch_on_every_node_count(capsys, tmp_path,
+                                                                    monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    status, out, _ = dry_run(capsys, "run.name=elastic", "train.micro_batch_size=2",
+                             "train.grad_accum_steps=3", "--nodes", "1-4", "--gpus-per-node", "0")
+    assert status == 0
+    assert "--nodes=1-4" in directives(out)
+    srun = next(line for line in out.splitlines() if line.startswith("srun "))
+    assert "--nodes=$SLURM_JOB_NUM_NODES --ntasks-per-node=1 " in srun
+    assert "job 'elastic': 1-4 node(s) x 1 rank(s) (CPU)" in out
+    # The batch on the most nodes (2 x 3 x 4 = 24) is kept on 1, 2, 3 and 4 nodes.
+    assert ("elastic: 1-4 nodes, global batch 24 sequences (train.global_batch_size) kept by "
+            "the gradient accumulation steps: 12 on 1 node(s), 6 on 2 node(s), 4 on 3 node(s), "
+            "3 on 4 node(s)") in out
+    # A fixed count is what it was.
+    status, out, _ = dry_run(capsys, "--nodes", "2-2", "--gpus-per-node", "0")
+    assert "--nodes=2" in directives(out) and "elastic:" not in out
+    assert "--nodes=2 --ntasks-per-node=1 " in out
 
 
 def test_a_sweep_renders_one_job_array(capsys, tmp_path, monkeypatch):
