@@ -45,7 +45,7 @@ from pretrain.config import MixtureConfig
 from pretrain.data import DataError
 from pretrain.data.dataset import PREPARE_HINT, load_manifest
 from pretrain.data.mixture import StreamShare, plan_mixture
-from pretrain.data.shm_prefix import agreeing_ranks
+from pretrain.data.shm_prefix import agreeing_ranks, release_blocks
 from pretrain.data.streaming_import import import_streaming
 from pretrain.data.tokenizer import PAD_ID
 
@@ -125,6 +125,24 @@ class DataParallelLoader(_StreamingDataLoader):
     def state_dict(self) -> dict[str, Any]:
         return self.dataset.state_dict(self.num_samples_yielded * self.dataset.dp_world_size,
                                        from_beginning=False)
+
+    def close(self) -> None:
+        """Stop the workers and the dataset's threads and release its shared memory now rather
+        than at process exit. The loader cannot be used afterwards; closing twice is harmless."""
+        workers = getattr(self, "_iterator", None)  # kept by torch with persistent workers
+        if workers is not None and hasattr(workers, "_shutdown_workers"):
+            workers._shutdown_workers()  # what the parent's __del__ does
+        self._iterator = None
+        dataset = self.dataset
+        if hasattr(dataset, "_iterator"):  # an epoch was started in this process
+            dataset._iterator.exit()  # its download and ready threads read the shared blocks
+        release_blocks(dataset)
+
+    def __enter__(self) -> DataParallelLoader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def build_train_loader(dataset_dir: Path, micro_batch_size: int, seed: int, shuffle: bool,

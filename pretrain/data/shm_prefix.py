@@ -16,10 +16,17 @@ compares) while B's leader takes prefix 1, and both jobs wait in each other's ba
   a job ever attaches to another job's blocks.
 The probe, the block layout and the checks are streaming's own functions. The flock is released
 by the kernel when a process dies, so a killed job cannot leave it held.
+
+Streaming keeps every block it opens until the process exits (an atexit hook holds each one),
+including those its probe attaches to just to read another dataset's folders: a process that
+builds many datasets (a rollback, a test suite) would hold a file descriptor per live prefix per
+build, and run out of them. The probe here closes what it opened, and `release_blocks` lets a
+dataset go before exit (`DataParallelLoader.close`).
 """
 
 from __future__ import annotations
 
+import atexit
 import fcntl
 import os
 import tempfile
@@ -47,6 +54,47 @@ def _node_lock() -> Iterator[None]:
         os.close(handle)  # releases the lock
 
 
+@contextmanager
+def _probe_closes_what_it_opens() -> Iterator[None]:
+    """While streaming's probe runs, the blocks it attaches to are closed after it, not at exit."""
+    opened: list[Any] = []
+    original = _prefix.SharedMemory
+
+    def attach(name: str, create: bool | None = None, size: int = 0,
+               auto_cleanup: bool = True) -> Any:
+        block = original(name, create, size, auto_cleanup=False)
+        opened.append(block)
+        return block
+
+    _prefix.SharedMemory = attach
+    try:
+        yield
+    finally:
+        _prefix.SharedMemory = original
+        for block in opened:
+            block.cleanup()  # attached, not created: closes, never unlinks
+
+
+def release_blocks(owner: Any) -> int:
+    """Close now (and unlink, where this process created them) the shared-memory blocks that
+    `owner` (a StreamingDataset) holds, instead of at process exit; how many were released."""
+    blocks = list(_blocks_of(owner))
+    for block in blocks:
+        atexit.unregister(block.cleanup)
+        block.cleanup()
+    return len(blocks)
+
+
+def _blocks_of(value: Any, depth: int = 0) -> Iterator[Any]:
+    """The streaming SharedMemory objects among `value`'s attributes, and those of its shared
+    arrays, scalars and barriers (streaming.base.shared), a few levels down."""
+    for inner in vars(value).values():
+        if isinstance(inner, streaming.base.shared.SharedMemory):
+            yield inner
+        elif depth < 3 and type(inner).__module__.startswith("streaming.base.shared"):
+            yield from _blocks_of(inner, depth + 1)
+
+
 def agreed_shm_prefix(streams_local: list[str], streams_remote: list[str | None], world: Any,
                       retry: int = 100) -> tuple[int, Any]:
     """What streaming's `get_shm_prefix` returns (the prefix and its `_locals` block), with the
@@ -54,7 +102,7 @@ def agreed_shm_prefix(streams_local: list[str], streams_remote: list[str | None]
     _prefix._check_self(streams_local)
     chosen, block = None, None
     if world.is_local_leader:
-        with _node_lock():
+        with _node_lock(), _probe_closes_what_it_opens():
             chosen = max(_prefix._check_and_find_retrying(streams_local, streams_remote,
                                                           shm_name=name, retry=retry)
                          for name in streaming.base.constant.SHM_TO_CLEAN)

@@ -26,6 +26,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -311,12 +312,19 @@ class Trainer:
         folder, meta = found
         # mosaicml-streaming honours a loaded state only in a dataset that has not started
         # iterating, so the rollback reads on from a new loader (the old one let go first).
-        del self.batches, self.loader
-        gc.collect()
+        self.close()
         self.loader = self.make_loader()
         self.restore(ResumePlan(folder, meta, None))
         _main_print(self.topology, f"[guard] step {step}: {reason}; rolled back to "
                     f"{folder.name}, skipping the bad batch(es) from now on")
+
+    def close(self) -> None:
+        """Let the loader go: its iterator first (it reads the shared blocks), then its shared
+        memory and threads (`DataParallelLoader.close`). Closing twice is harmless."""
+        if hasattr(self, "batches"):
+            del self.batches
+            gc.collect()
+        self.loader.close()
 
     # --- the loop ------------------------------------------------------------------------
 
@@ -568,46 +576,47 @@ def _train_locked(config: Config, watch: StopWatch, topology: Topology) -> Train
         callbacks.append(faults)
     trainer = Trainer(config, topology, layout, engine, make_loader, identity, device, precision,
                       validation, callbacks)
-    if plan is not None:
-        try:
-            trainer.restore(plan)
-        except checkpoint.CheckpointError as error:
-            if not plan.folder.is_relative_to(config.files.checkpoints):
-                raise  # checkpoint.init_from: another run's checkpoint is not ours to move
-            # Its files matched what was recorded (sizes, or sha256s when verified), yet they
-            # do not load. A restart resumes from the checkpoint before it.
-            dist.barrier()
-            if topology.is_main:
-                moved = checkpoint.quarantine(plan.folder, str(error))
-                print(f"[checkpoint] {error}; moved it to {moved.name}; exiting for a restart, "
-                      "which resumes from the checkpoint before it", flush=True)
-            dist.barrier()
-            return TrainResult(run_dir=run_dir, step=0, final_loss=math.nan, checkpoint=None,
-                               requeue=True)
-        done = trainer.progress
-        _main_print(topology, f"[checkpoint] resumed from step {done.step} "
-                    f"({done.tokens_seen:,} tokens seen)")
+    with closing(trainer):  # the loader's shared memory goes now, not at exit
+        if plan is not None:
+            try:
+                trainer.restore(plan)
+            except checkpoint.CheckpointError as error:
+                if not plan.folder.is_relative_to(config.files.checkpoints):
+                    raise  # checkpoint.init_from: another run's checkpoint is not ours to move
+                # Its files matched what was recorded (sizes, or sha256s when verified), yet they
+                # do not load. A restart resumes from the checkpoint before it.
+                dist.barrier()
+                if topology.is_main:
+                    moved = checkpoint.quarantine(plan.folder, str(error))
+                    print(f"[checkpoint] {error}; moved it to {moved.name}; exiting for a "
+                          "restart, which resumes from the checkpoint before it", flush=True)
+                dist.barrier()
+                return TrainResult(run_dir=run_dir, step=0, final_loss=math.nan,
+                                   checkpoint=None, requeue=True)
+            done = trainer.progress
+            _main_print(topology, f"[checkpoint] resumed from step {done.step} "
+                        f"({done.tokens_seen:,} tokens seen)")
 
-    tokens_per_step, max_steps = trainer.tokens_per_step, config.train.max_steps
-    if topology.is_main:
-        print("[data] training mixture at the planned budget of "
-              f"{tokens_per_step * max_steps:,} tokens:\n"
-              + describe_mixture(trainer.loader.dataset.plan, tokens_per_step * max_steps,
-                                 config.data.mixture.max_epochs), flush=True)
-        print(f"[run] {run_dir} | {count_parameters(config.model):,} parameters | "
-              f"{topology.world_size} rank(s), engine {config.parallel.engine}, ZeRO stage "
-              f"{config.parallel.resolved_zero_stage()}, {precision} on {device.type} | "
-              f"{tokens_per_step:,} tokens/step | dataset {manifest['splits']['train']['tokens']:,}"
-              " tokens", flush=True)
+        tokens_per_step, max_steps = trainer.tokens_per_step, config.train.max_steps
+        if topology.is_main:
+            print("[data] training mixture at the planned budget of "
+                  f"{tokens_per_step * max_steps:,} tokens:\n"
+                  + describe_mixture(trainer.loader.dataset.plan, tokens_per_step * max_steps,
+                                     config.data.mixture.max_epochs), flush=True)
+            print(f"[run] {run_dir} | {count_parameters(config.model):,} parameters | "
+                  f"{topology.world_size} rank(s), engine {config.parallel.engine}, ZeRO stage "
+                  f"{config.parallel.resolved_zero_stage()}, {precision} on {device.type} | "
+                  f"{tokens_per_step:,} tokens/step | dataset "
+                  f"{manifest['splits']['train']['tokens']:,} tokens", flush=True)
 
-    result = trainer.run(watch)
-    dist.barrier()
-    if topology.is_main and not result.requeue:
-        files = config.files
-        plot_loss_curve(files.metrics, files.loss_plot)
-        print(f"[done] step {result.step}, loss {result.final_loss:.4f}\n"
-              f"  checkpoint:  {result.checkpoint or files.checkpoints}\n"
-              f"  metrics:     {files.metrics}\n"
-              f"  loss curve:  {files.loss_plot}\n"
-              f"  tensorboard: {files.tensorboard}", flush=True)
-    return result
+        result = trainer.run(watch)
+        dist.barrier()
+        if topology.is_main and not result.requeue:
+            files = config.files
+            plot_loss_curve(files.metrics, files.loss_plot)
+            print(f"[done] step {result.step}, loss {result.final_loss:.4f}\n"
+                  f"  checkpoint:  {result.checkpoint or files.checkpoints}\n"
+                  f"  metrics:     {files.metrics}\n"
+                  f"  loss curve:  {files.loss_plot}\n"
+                  f"  tensorboard: {files.tensorboard}", flush=True)
+        return result

@@ -9,6 +9,7 @@ import random
 import signal
 import subprocess
 import sys
+import tempfile
 from itertools import islice
 from pathlib import Path
 
@@ -294,6 +295,42 @@ def test_loader_can_copy_shards_to_a_cache(dataset: Path, tmp_path: Path) -> Non
         build_train_loader(dataset, 4, seed=1, shuffle=True, num_workers=0,
                            cache_dir=tmp_path / "busy")
     del busy
+
+
+def open_files() -> list[str]:
+    """What this process has open (Linux: /proc/self/fd)."""
+    names = []
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            names.append(os.readlink(f"/proc/self/fd/{fd}"))
+    return sorted(names)
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs Linux's /proc/self/fd")
+def test_a_closed_loader_lets_its_shared_memory_go(dataset: Path, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Streaming holds each shared-memory block until the process exits, and its probe for a
+    free prefix attaches to every live dataset's (of another job: another TMPDIR): a process
+    building loaders in turn (a rollback, this suite) ran out of file descriptors. Closed, a
+    loader keeps nothing open, and building one beside a live loader of another job leaves none
+    of the live one's blocks open."""
+    shm_before = set(os.listdir("/dev/shm"))
+    for job in ("job-a", "job-b"):
+        (tmp_path / job).mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "job-a"))
+    live = build_train_loader(dataset, 2, seed=1, shuffle=True, num_workers=0)
+    next(iter(live))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "job-b"))
+    files_before = open_files()
+    for _ in range(3):
+        loader = build_train_loader(dataset, 2, seed=1, shuffle=True, num_workers=0)
+        list(islice(iter(loader), 2))
+        loader.close()
+        loader.close()  # twice is harmless
+    assert open_files() == files_before
+    assert set(os.listdir("/dev/shm")) - shm_before  # the live loader's blocks are still there
+    live.close()
+    assert set(os.listdir("/dev/shm")) <= shm_before  # ... and unlinked once it is closed
 
 
 def test_loader_needs_a_prepared_dataset(tmp_path: Path) -> None:
