@@ -636,7 +636,7 @@ def estimate_throughput(config: Config, nodes: int, gpus_per_node: int,
         model_flops_per_step=model_flops * tokens,
         hardware_flops_per_step=(model_flops + recompute) * tokens,
         kernel_efficiency=assumptions.kernel_efficiency,
-        bubble=bubble_fraction(stages, train.grad_accum_steps), step_time_s=step_time)
+        bubble=bubble_fraction(stages, accumulation), step_time_s=step_time)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -660,7 +660,10 @@ class Suggestion:
 
 
 def global_batch(config: Config, world: int) -> int:
-    """Sequences per optimizer step of `config` on `world` GPUs."""
+    """Sequences per optimizer step of `config` on `world` GPUs: train.global_batch_size when
+    set (whether or not `world` can keep it), else what grad_accum_steps makes there."""
+    if config.train.global_batch_size:
+        return config.train.global_batch_size
     stages = config.parallel.pipeline_stages if config.parallel.engine == "pipeline" else 1
     return config.train.micro_batch_size * config.train.grad_accum_steps * (world // stages)
 
@@ -669,8 +672,10 @@ def _candidates(config: Config, world: int, sequences: int | None) -> list[Confi
     """Configs to try on `world` GPUs: pipeline depths that divide it, and checkpointing modes
     that keep no more than the configured one. With `sequences`, each comes as close to that
     global batch as whole accumulation steps allow (exactly, when they divide it; one step when
-    there are more data-parallel ranks than sequences)."""
+    there are more data-parallel ranks than sequences). A configured train.global_batch_size is
+    such a batch; every candidate states its accumulation steps."""
     parallel, train = config.parallel, config.train
+    sequences = sequences or train.global_batch_size or None
     start = _CHECKPOINTING_ORDER.index(parallel.activation_checkpointing)
     modes = _CHECKPOINTING_ORDER[start:]
     if parallel.engine == "pipeline":
@@ -685,7 +690,8 @@ def _candidates(config: Config, world: int, sequences: int | None) -> list[Confi
         candidates += [dataclasses.replace(
             config, parallel=dataclasses.replace(parallel, pipeline_stages=depth,
                                                  activation_checkpointing=mode),
-            train=dataclasses.replace(train, grad_accum_steps=accumulation)) for mode in modes]
+            train=dataclasses.replace(train, grad_accum_steps=accumulation,
+                                      global_batch_size=0)) for mode in modes]
     return candidates
 
 

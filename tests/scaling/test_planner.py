@@ -9,6 +9,7 @@ Runs are bf16 ("auto" on a GPU): 2-byte weights and activations, 12 bytes of Ada
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 
 import pytest
@@ -463,3 +464,20 @@ def test_a_suggestion_keeps_the_planned_global_batch():
     assert grown.config is not None and grown.memory is not None
     if global_batch(grown.config, grown.memory.world_size) != 256:
         assert "not the configured" in grown.message
+
+
+def test_a_configured_global_batch_size_is_planned_with_its_derived_accumulation():
+    """With train.global_batch_size (elastic jobs) each layout derives its accumulation steps:
+    the planner planned, and printed, grad_accum_steps (1) instead, so a 256-sequence batch
+    read as 16 and its pipeline bubble as 1 micro-batch's."""
+    config = llama3_70b_pipeline()
+    elastic = dataclasses.replace(config, train=dataclasses.replace(
+        config.train, grad_accum_steps=1, global_batch_size=global_batch(config, 64)))
+    assert global_batch(elastic, 64) == 256
+    fixed, derived = (estimate_throughput(each, 8, 8) for each in (config, elastic))
+    assert derived.global_batch_sequences == fixed.global_batch_sequences == 256
+    assert derived.bubble == fixed.bubble and derived.step_time_s == fixed.step_time_s
+    kept = suggest_layout(elastic, "h100-80gb", 8, max_nodes=16)
+    assert kept.config is not None and kept.memory is not None
+    assert global_batch(kept.config, kept.memory.world_size) == 256
+    assert "global batch 256 sequences" in kept.message and "not the" not in kept.message
