@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -297,13 +298,18 @@ def test_loader_can_copy_shards_to_a_cache(dataset: Path, tmp_path: Path) -> Non
     del busy
 
 
-def open_files() -> list[str]:
-    """What this process has open (Linux: /proc/self/fd)."""
+def open_shared_memory() -> list[str]:
+    """The shared-memory blocks this process has open (Linux: /proc/self/fd)."""
     names = []
     for fd in os.listdir("/proc/self/fd"):
         with contextlib.suppress(OSError):
             names.append(os.readlink(f"/proc/self/fd/{fd}"))
-    return sorted(names)
+    return sorted(name for name in names if name.startswith("/dev/shm/"))
+
+
+def streaming_blocks() -> set[str]:
+    """mosaicml-streaming's blocks in /dev/shm (000003_locals, ...; not the prefix lock)."""
+    return {name for name in os.listdir("/dev/shm") if re.match(r"\d{6}_", name)}
 
 
 @pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs Linux's /proc/self/fd")
@@ -314,23 +320,23 @@ def test_a_closed_loader_lets_its_shared_memory_go(dataset: Path, tmp_path: Path
     building loaders in turn (a rollback, this suite) ran out of file descriptors. Closed, a
     loader keeps nothing open, and building one beside a live loader of another job leaves none
     of the live one's blocks open."""
-    shm_before = set(os.listdir("/dev/shm"))
+    shm_before = streaming_blocks()
     for job in ("job-a", "job-b"):
         (tmp_path / job).mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "job-a"))
     live = build_train_loader(dataset, 2, seed=1, shuffle=True, num_workers=0)
     next(iter(live))
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "job-b"))
-    files_before = open_files()
+    files_before = open_shared_memory()
     for _ in range(3):
         loader = build_train_loader(dataset, 2, seed=1, shuffle=True, num_workers=0)
         list(islice(iter(loader), 2))
         loader.close()
         loader.close()  # twice is harmless
-    assert open_files() == files_before
-    assert set(os.listdir("/dev/shm")) - shm_before  # the live loader's blocks are still there
+    assert open_shared_memory() == files_before
+    assert streaming_blocks() - shm_before  # the live loader's blocks are still there
     live.close()
-    assert set(os.listdir("/dev/shm")) <= shm_before  # ... and unlinked once it is closed
+    assert streaming_blocks() <= shm_before  # ... and unlinked once it is closed
 
 
 def test_loader_needs_a_prepared_dataset(tmp_path: Path) -> None:

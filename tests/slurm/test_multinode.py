@@ -61,8 +61,8 @@ def node_states(env: dict[str, str]) -> dict[str, str]:
     return dict(line.split() for line in listed.splitlines() if line.strip())
 
 
-def submit(root: Path, env: dict[str, str], *args: str) -> str:
-    result = ok(pretrain("submit", "--nodes", "2", "--gpus-per-node", "0", *args, cwd=root,
+def submit(root: Path, env: dict[str, str], *args: str, nodes: str = "2") -> str:
+    result = ok(pretrain("submit", "--nodes", nodes, "--gpus-per-node", "0", *args, cwd=root,
                          env=env))
     return re.search(r"^submitted job (\d+):", result.stdout, flags=re.MULTILINE)[1]
 
@@ -234,3 +234,43 @@ def test_a_silent_node_is_found_by_the_watchdog_and_the_job_resumes(runs, slurm_
     assert re.search(r"\[checkpoint\] resumed from step (10|15)", log)
     assert losses(root / "runs" / "cut") == losses(root / "runs" / "zero3")  # bitwise
 
+
+
+def test_an_elastic_job_goes_on_on_one_node_and_back_on_two(runs, slurm_env, heal):
+    """--nodes 1-2 with the global batch fixed: the job starts on both nodes, loses one and
+    goes on alone at once (no wait for the node; twice the accumulation steps), then, requeued
+    once the node is back, runs on both again; each start reshards the last checkpoint. The
+    losses stay those of the uninterrupted 2-node run: the same global batches, summed in
+    another order."""
+    root, dataset, jobs = runs
+    completed(root, "zero3", jobs["zero3"], slurm_env)
+    alone_on_the_cluster(slurm_env)
+    # Rank 0 stalls after step 7 (on two nodes; last checkpoint 5) and after step 14 (on one).
+    job = submit(root, {**slurm_env, "SIYADA_FAULT": "hang@7,hang@14"}, *LONG,
+                 f"data.dataset={dataset}", "run.name=elastic", "train.global_batch_size=16",
+                 "--tasks-per-node", "1", nodes="1-2")
+    jobs["elastic"] = job
+    log_file = job_log(root, "elastic", job)
+    wait_for(logged(log_file, "hanging after step 7"), "the run to reach step 7 on two nodes")
+    assert "2 nodes, ranks per node: siyada1: rank 0 | siyada2: rank 1" in log_file.read_text()
+    node("kill", NODES[1])
+    wait_for(logged(log_file, "hanging after step 14"), "the run to reach step 14 on one node",
+             timeout=600)
+    assert scontrol_jobs(job, slurm_env)[0]["Restarts"] == "1"
+    node("start", NODES[1])
+    wait_for(lambda: node_states(slurm_env).get(NODES[1]) == "idle", "siyada2 to be back",
+             timeout=120)
+    subprocess.run(["scancel", "--signal=USR1", "--batch", job],
+                   env={**os.environ, **slurm_env}, check=True)
+    log = completed(root, "elastic", job, slurm_env)
+    restarts = log.split("[slurm] ")
+    one_node = next(part for part in restarts if "restart 1," in part)
+    two_again = next(part for part in restarts if "restart 2," in part)
+    assert "layout: 1 rank" in one_node and "[checkpoint] resumed from step 5" in one_node
+    assert ("global batch 16 sequences = 1 data-parallel rank(s) x micro batch 8 x 2 "
+            "accumulation step(s)") in one_node
+    assert "resharding" in one_node
+    assert "2 nodes, ranks per node: siyada1: rank 0 | siyada2: rank 1" in two_again
+    assert "[checkpoint] resumed from step 14" in two_again and "resharding" in two_again
+    assert losses(root / "runs" / "elastic") == pytest.approx(
+        losses(root / "runs" / "zero3"), abs=1e-6, rel=0)
