@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -109,6 +110,9 @@ def test_an_elastic_job_keeps_its_global_batch_on_every_node_count(capsys, tmp_p
                              "train.grad_accum_steps=3", "--nodes", "1-4", "--gpus-per-node", "0")
     assert status == 0
     assert "--nodes=1-4" in directives(out)
+    # Whole nodes, as many as are free: per task, Slurm would give the range its minimum.
+    assert "--exclusive" in directives(out)
+    assert not any(line.startswith("--ntasks") for line in directives(out))
     srun = next(line for line in out.splitlines() if line.startswith("srun "))
     assert "--nodes=$SLURM_JOB_NUM_NODES --ntasks-per-node=1 " in srun
     assert "job 'elastic': 1-4 node(s) x 1 rank(s) (CPU)" in out
@@ -199,6 +203,9 @@ def jobs(slurm_env, tmp_path_factory):
                          "run.name=sweep", "--sweep", "optim.lr=1e-3,2e-3,3e-3"),
         "chain": _submit(root, slurm_env, *TINY, f"data.dataset={dataset}", "train.max_steps=3",
                          "run.name=chain", "--chain", "2"),
+        # Rank 0 stalls after step 3 until the test cancels the job (scancel).
+        "cancelled": _submit(root, {**slurm_env, "SIYADA_FAULT": "hang@3"}, *run,
+                             "run.name=cancelled", "checkpoint.interval=100"),
         # A 1-minute job whose rank 0 stalls after step 2: only the warning that
         # --signal=B:USR1@40 sends before the time limit can get it going again.
         "time_limit": _submit(root, {**slurm_env, "SIYADA_FAULT": "hang@2"}, *TINY,
@@ -226,6 +233,29 @@ def test_submit_runs_the_demo_on_two_tasks_to_completion(jobs, slurm_env):
     assert frozen["run"]["dir"] == str(run_dir) and frozen["train"]["max_steps"] == 8
     (submission,) = (run_dir / "slurm" / "submissions.jsonl").read_text().splitlines()
     assert submitted["straight"] in submission
+
+
+@pytest.mark.e2e
+@pytest.mark.slurm
+def test_a_cancelled_job_saves_and_stays_cancelled(jobs, slurm_env):
+    """scancel sends TERM, as a time limit or a requeue does; the ranks save on it, and the job
+    script must not requeue the job then (it did: the job came back)."""
+    root, submitted = jobs
+    job = submitted["cancelled"]
+    run_dir = root / "runs" / "cancelled"
+    log_file = run_dir / "slurm" / f"cancelled-{job}.out"
+    wait_for(lambda: log_file.is_file() and "hanging after step 3" in log_file.read_text(),
+             "the run to reach step 3")
+    subprocess.run(["scancel", job], env={**os.environ, **slurm_env}, check=True)
+    finished(job, slurm_env)
+    time.sleep(5)  # a requeue by the script would have brought it back by now
+    record = scontrol_jobs(job, slurm_env)[0]
+    log = log_file.read_text()
+    assert record["JobState"] == "CANCELLED" and record["Restarts"] == "0", log[-3000:]
+    assert "[requeue] SIGTERM received: saved step 3" in log
+    assert f"job {job} was cancelled (scancel): not requeued" in log
+    assert "requeueing" not in log
+    assert (run_dir / "checkpoints" / "latest").read_text().strip() == "step_00000003"
 
 
 @pytest.mark.e2e
@@ -259,7 +289,7 @@ def test_preemption_saves_requeues_and_continues_with_the_same_losses(jobs, slur
     #    (B:USR1) at the start of the partition's grace time. The other jobs of this module
     #    must be done first, or the urgent job (--exclusive) would preempt them as well.
     wait_for(logged("hanging after step 7"), "the requeued run to reach step 7")
-    for other in ("straight", "array", "chain", "time_limit"):
+    for other in ("straight", "array", "chain", "time_limit", "cancelled"):
         for other_job in submitted[other].split(", "):
             finished(other_job, slurm_env)
     urgent = subprocess.run(["sbatch", "--parsable", "--partition=urgent", "--exclusive",
