@@ -342,8 +342,14 @@ def _environment(shape: JobShape) -> str:
 
 
 def _directives(name: str, shape: JobShape, submission_dir: Path, members: int) -> list[str]:
-    options = [f"--job-name={name}", f"--nodes={shape.nodes_text}",
-               f"--ntasks-per-node={shape.ranks_per_node}"]
+    options = [f"--job-name={name}", f"--nodes={shape.nodes_text}"]
+    if shape.elastic:
+        # Whole nodes, as many as are free within the range. Asked per task instead, Slurm
+        # gives a range its minimum whatever is idle (its task count is min x tasks per node);
+        # the ranks per node are srun's to start (_srun_options).
+        options.append("--exclusive")
+    else:
+        options.append(f"--ntasks-per-node={shape.ranks_per_node}")
     if shape.gpus_per_node:
         options.append(f"--gpus-per-node={shape.gpus_per_node}")
     if shape.cpus_per_task:
@@ -392,6 +398,8 @@ def render_script(name: str, job_dir: Path, shape: JobShape, members: int) -> st
         "rank_launcher": RANK_LAUNCHER,
         "requeue_exit_code": str(REQUEUE_EXIT_CODE),
         "hang_exit_code": str(HANG_EXIT_CODE),
+        "nodes_wanted": (f"at least {shape.node_counts[0]} of its {shape.nodes_text} nodes"
+                         if shape.elastic else f"its {shape.nodes} node(s) again"),
     }
     template = (resources.files("pretrain.slurm") / "templates" / TEMPLATE).read_text()
     return re.sub(r"\{\{(\w+)\}\}", lambda match: values[match[1]], template)
