@@ -271,7 +271,10 @@ def test_an_elastic_job_goes_on_on_one_node_and_back_on_two(runs, slurm_env, hea
     log_file = job_log(root, "elastic", job)
     wait_for(logged(log_file, "hanging after step 7"), "the run to reach step 7 on two nodes")
     assert "2 nodes, ranks per node: siyada1: rank 0 | siyada2: rank 1" in log_file.read_text()
+    killed_at = time.monotonic()
     node("kill", NODES[1])
+    wait_for(logged(log_file, "restart 1,"), "the job to go on on one node", timeout=300)
+    alone_after = time.monotonic() - killed_at
     wait_for(logged(log_file, "hanging after step 14"), "the run to reach step 14 on one node",
              timeout=600)
     assert scontrol_jobs(job, slurm_env)[0]["Restarts"] == "1"
@@ -280,6 +283,10 @@ def test_an_elastic_job_goes_on_on_one_node_and_back_on_two(runs, slurm_env, hea
              timeout=120)
     subprocess.run(["scancel", "--signal=USR1", "--batch", job],
                    env={**os.environ, **slurm_env}, check=True)
+    signalled_at = time.monotonic()
+    wait_for(logged(log_file, "restart 2,"), "the job to come back on two nodes", timeout=300)
+    print(f"node killed -> job going on on one node: {alone_after:.0f} s; requeued with the "
+          f"node back -> on two nodes: {time.monotonic() - signalled_at:.0f} s")
     log = completed(root, "elastic", job, slurm_env)
     restarts = log.split("[slurm] ")
     one_node = next(part for part in restarts if "restart 1," in part)
