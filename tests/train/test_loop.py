@@ -158,9 +158,12 @@ def test_a_stuck_rank_is_found_by_the_watchdog_and_the_resumed_run_loses_nothing
     hung = pretrain(*args, cwd=tmp_path, processes=2, env={"SIYADA_FAULT": "hang@6"})
     took = time.monotonic() - started
     assert hung.returncode != 0, hung.stdout[-2000:] + hung.stderr[-2000:]
-    for rank in (0, 1):
-        line = next(line for line in hung.stderr.splitlines()
-                    if line.startswith(f"[watchdog] rank {rank}: "))
+    # Both watchdogs run out within milliseconds of each other, but the first rank to exit
+    # makes torchrun stop the other, which may then go before printing (CI saw it): at least
+    # one rank must say so, and whoever does says it right.
+    lines = [line for line in hung.stderr.splitlines() if line.startswith("[watchdog] rank ")]
+    assert lines, hung.stderr[-3000:]
+    for line in lines:
         assert "at step 6 (in a step; allowed 3 s = max(train.hang_timeout=3" in line
         assert f"exiting with status {HANG_EXIT_CODE}" in line
     assert f"exitcode  : {HANG_EXIT_CODE}" in hung.stderr  # torchrun's summary of the failure
