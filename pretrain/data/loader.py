@@ -138,12 +138,6 @@ class DataParallelLoader(_StreamingDataLoader):
             dataset._iterator.exit()  # its download and ready threads read the shared blocks
         release_blocks(dataset)
 
-    def __enter__(self) -> DataParallelLoader:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
 
 def build_train_loader(dataset_dir: Path, micro_batch_size: int, seed: int, shuffle: bool,
                        num_workers: int, dp_rank: int = 0, dp_world_size: int = 1,

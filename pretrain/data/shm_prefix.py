@@ -75,14 +75,12 @@ def _probe_closes_what_it_opens() -> Iterator[None]:
             block.cleanup()  # attached, not created: closes, never unlinks
 
 
-def release_blocks(owner: Any) -> int:
+def release_blocks(owner: Any) -> None:
     """Close now (and unlink, where this process created them) the shared-memory blocks that
-    `owner` (a StreamingDataset) holds, instead of at process exit; how many were released."""
-    blocks = list(_blocks_of(owner))
-    for block in blocks:
+    `owner` (a StreamingDataset) holds, instead of at process exit."""
+    for block in list(_blocks_of(owner)):
         atexit.unregister(block.cleanup)
         block.cleanup()
-    return len(blocks)
 
 
 def _blocks_of(value: Any, depth: int = 0) -> Iterator[Any]:
