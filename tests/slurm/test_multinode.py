@@ -253,7 +253,6 @@ def test_a_silent_node_is_found_by_the_watchdog_and_the_job_resumes(runs, slurm_
     assert losses(root / "runs" / "cut") == losses(root / "runs" / "zero3")  # bitwise
 
 
-
 def test_an_elastic_job_goes_on_on_one_node_and_back_on_two(runs, slurm_env, heal):
     """--nodes 1-2 with the global batch fixed: the job starts on both nodes, loses one and
     goes on alone at once (no wait for the node; twice the accumulation steps), then, requeued
